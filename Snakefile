@@ -1,0 +1,31 @@
+# DRDO / DPO / e-DPO preference alignment, every stage a cached Snakemake rule.
+#   snakemake --cores all results/winrates.csv                 # embedded offline default
+#   snakemake --cores all --configfile my.yaml <out_dir>/winrates.csv
+from snakemake.utils import min_version
+
+min_version("8.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/synthetic.smk"
+include: "workflow/rules/normalise.smk"
+include: "workflow/rules/base.smk"
+include: "workflow/rules/split.smk"
+include: "workflow/rules/sft.smk"
+include: "workflow/rules/oracle.smk"
+include: "workflow/rules/ensemble.smk"
+include: "workflow/rules/tables.smk"
+include: "workflow/rules/align.smk"
+include: "workflow/rules/generate.smk"
+include: "workflow/rules/score.smk"
+include: "workflow/rules/winrates.smk"
+
+
+rule all:
+    input:
+        f"{OUT}/winrates.csv",
+        f"{OUT}/data/table5.csv",
+    default_target: True

@@ -1,0 +1,116 @@
+"""Losses against hand-computed values, the standard formulas, and Appendix A.5 (Eq. 30)."""
+
+import math
+
+import pytest
+import torch
+
+from drdo.losses import (bradley_terry_loss, dpo_loss, drdo_loss, edpo_loss, log1mexp,
+                         oracle_loss)
+
+t = lambda *xs: torch.tensor(xs, dtype=torch.float64)  # noqa: E731
+
+
+def test_bradley_terry_hand_value():
+    loss, terms = bradley_terry_loss(t(1.0), t(0.0))
+    assert loss.item() == pytest.approx(0.3132616875, abs=1e-9)  # log(1 + e^-1)
+    assert terms["reward_acc"].item() == 1.0
+
+
+def test_oracle_loss_hand_value():
+    # (1 - 0.01) * log(1 + e^-1) + 0.01 * 2.0
+    loss, _ = oracle_loss(t(1.0), t(0.0), t(2.0), alpha=0.01)
+    assert loss.item() == pytest.approx(0.99 * 0.3132616875 + 0.02, abs=1e-9)
+    # alpha = 0 is Eq. 2 exactly
+    assert oracle_loss(t(0.3, -1.0), t(0.1, 2.0), t(5.0, 7.0), 0.0)[0].item() == pytest.approx(
+        bradley_terry_loss(t(0.3, -1.0), t(0.1, 2.0))[0].item())
+
+
+def test_dpo_hand_value():
+    # margin = (-1 + 1.5) - (-2 + 1.5) = 1; loss = log(1 + e^-0.1)
+    loss, terms = dpo_loss(t(-1.0), t(-2.0), t(-1.5), t(-1.5), beta=0.1)
+    assert loss.item() == pytest.approx(0.6443966600, abs=1e-9)
+    assert terms["implicit_acc"].item() == 1.0
+
+
+def test_dpo_equals_standard_formula():
+    g = torch.Generator().manual_seed(0)
+    pw, pl, rw, rl = (-10 * torch.rand(64, generator=g, dtype=torch.float64) for _ in range(4))
+    beta = 0.5
+    # Rafailov et al. (2023): -log sigmoid(beta * (log pi_w/pi_l - log ref_w/ref_l))
+    expected = -torch.log(torch.sigmoid(beta * ((pw - pl) - (rw - rl)))).mean()
+    assert dpo_loss(pw, pl, rw, rl, beta)[0].item() == pytest.approx(expected.item(), rel=1e-12)
+
+
+def test_edpo_min_and_mean_over_members():
+    # one pair, zero implicit margin, members' margins 1 and 3 -> L_k = 1, 9
+    r1, r2 = torch.tensor([[1.0, 3.0]]), torch.zeros(1, 2)
+    z = torch.zeros(1)
+    assert edpo_loss(z, z, z, z, r1, r2, beta=0.1)[0].item() == pytest.approx(1.0)
+    assert edpo_loss(z, z, z, z, r1, r2, beta=0.1, reduction="mean")[0].item() == pytest.approx(5.0)
+    with pytest.raises(ValueError, match="reduction"):
+        edpo_loss(z, z, z, z, r1, r2, beta=0.1, reduction="max")
+
+
+def test_edpo_hand_value_with_implicit_margin():
+    # implicit = 0.5 * ((-1 - -2) - (-3 - -3)) = 0.5; member margins 2 and 0.5
+    loss, _ = edpo_loss(t(-1.0), t(-3.0), t(-2.0), t(-3.0), t([2.0, 0.5]), t([0.0, 0.0]),
+                        beta=0.5, reduction="mean")
+    assert loss.item() == pytest.approx(((2 - 0.5) ** 2 + 0.0) / 2)
+
+
+def test_drdo_hand_value():
+    z_w, z_l, alpha, gamma = -1.0, -2.0, 0.1, 2.0
+    p_w = 1 / (1 + math.exp(-(z_w - z_l)))
+    expected = (1.0 - 0.5) ** 2 - alpha * (1 - p_w) ** gamma * (z_w - math.log(1 - math.exp(z_l)))
+    assert expected == pytest.approx(0.2561812, abs=1e-6)
+    loss, terms = drdo_loss(t(z_w), t(z_l), t(0.5), t(0.0), t(1.0), t(0.0), alpha, gamma)
+    assert loss.item() == pytest.approx(expected, abs=1e-12)
+    assert terms["distill"].item() == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 1.0, 2.0, 5.0])
+@pytest.mark.parametrize("z_w,z_l", [(-1.0, -2.0), (-30.0, -25.0), (-0.2, -0.05), (-400.0, -1e4)])
+def test_drdo_focal_gradient_matches_eq30(gamma, z_w, z_l):
+    alpha = 0.1
+    zw = torch.tensor(z_w, dtype=torch.float64, requires_grad=True)
+    zl = torch.tensor(z_l, dtype=torch.float64, requires_grad=True)
+    zero = torch.zeros((), dtype=torch.float64)
+    # rewards equal -> only the focal term carries gradient w.r.t. z
+    loss, _ = drdo_loss(zw, zl, zero, zero, zero, zero, alpha, gamma)
+    g_w, g_l = torch.autograd.grad(loss, (zw, zl))
+
+    p = 1 / (1 + math.exp(-(z_w - z_l)))
+    pi_l = math.exp(z_l)
+    log_odds = z_w - math.log1p(-pi_l) if z_l < -math.log(2) else z_w - math.log(-math.expm1(z_l))
+    focal_grad = alpha * gamma * (1 - p) ** (gamma - 1) * p * (1 - p) * log_odds if gamma else 0.0
+    # Eq. 30 with grad z_w = (1, 0), grad z_l = (0, 1); grad pi_l / (1 - pi_l) = pi_l/(1 - pi_l) dz_l
+    eq30_w = focal_grad - alpha * (1 - p) ** gamma
+    eq30_l = -focal_grad - alpha * (1 - p) ** gamma * pi_l / (1 - pi_l)
+    assert g_w.item() == pytest.approx(eq30_w, rel=1e-9, abs=1e-300)
+    assert g_l.item() == pytest.approx(eq30_l, rel=1e-9, abs=1e-300)
+
+
+def test_drdo_gradient_reaches_student_reward_only_through_distillation():
+    rhat_w = torch.tensor(0.2, requires_grad=True)
+    loss, _ = drdo_loss(t(-3.0).float(), t(-4.0).float(), rhat_w, torch.tensor(0.0),
+                        torch.tensor(1.0), torch.tensor(0.0), 0.1, 2.0)
+    (g,) = torch.autograd.grad(loss, rhat_w)
+    assert g.item() == pytest.approx(-2 * (1.0 - 0.2), rel=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_log1mexp_stable_over_whole_range(dtype):
+    z64 = -torch.logspace(-8, 4, 200, dtype=torch.float64)  # -1e-8 ... -1e4
+    reference = torch.tensor([math.log(-math.expm1(v)) if v > -math.log(2) else math.log1p(-math.exp(v))
+                              for v in z64.tolist()], dtype=torch.float64)
+    z = z64.to(dtype).requires_grad_(True)
+    out = log1mexp(z)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.double(), reference, rtol=1e-5, atol=1e-30)
+    out.sum().backward()
+    assert torch.isfinite(z.grad).all()
+    # the naive formula fails at both ends, which is why log1mexp exists
+    naive = torch.log(1 - torch.exp(torch.tensor([-1e-8], dtype=torch.float32)))
+    assert not torch.isfinite(naive).all()
+    assert log1mexp(torch.tensor([-1e4], dtype=dtype)).item() == 0.0

@@ -1,0 +1,1 @@
+"""Raw dataset loaders and preference-split construction."""

@@ -1,0 +1,287 @@
+"""Raw rows of the real datasets' schemas -> normalised DataFrames.
+
+Three sources, each read from a local ``.jsonl``/``.json``/``.parquet`` file or from the
+Hugging Face hub (``{"hf_dataset": name, "config": optional, "split": split}``):
+
+* ``openai/summarize_from_feedback`` ("comparisons")   -> :func:`load_comparisons`
+* ``CarperAI/openai_summarize_tldr``                     -> :func:`load_sft`
+* ``abisee/cnn_dailymail``                               -> :func:`load_news`
+
+Every loader returns ``(df, drops)``: ``drops`` maps each of the loader's drop reasons to a
+count (zeros included, so reports have a fixed shape). Each row is parsed by a small
+function that returns the normalised record or raises :class:`Drop`; :func:`_load` does
+the iteration, de-duplication, counting and logging for all three.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, Hashable, Iterator, Union
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from drdo.io import read_jsonl
+from drdo.prompts import news_prompt, tldr_prompt
+
+log = logging.getLogger("drdo.data")
+
+Source = Union[str, os.PathLike, dict]
+
+COMPARISON_COLUMNS = ["pair_id", "post_id", "split", "prompt", "document", "chosen", "rejected",
+                      "chosen_policy", "rejected_policy", "confidence"]
+SFT_COLUMNS = ["prompt", "response", "document"]
+NEWS_COLUMNS = ["prompt_id", "prompt", "document", "reference"]
+EVAL_COLUMNS = ["eval_set", "prompt_id", "prompt", "document", "reference"]
+
+COMPARISON_REASONS = ("invalid_json", "missing_field", "empty_response", "identical_responses",
+                      "bad_confidence", "duplicate_pair")
+SFT_REASONS = ("invalid_json", "missing_field", "empty_response", "duplicate")
+NEWS_REASONS = SFT_REASONS
+
+# valid1 (TL;DR) and valid2 (TL;DR + CNN/DM) are both held-out comparisons.
+_SPLITS = {"train": "train", "valid1": "validation", "valid2": "validation"}
+# Greedy: Reddit posts often contain their own "TL;DR:", the template's is the last one.
+_POST_RE = re.compile(r"POST: (.*)\nTL;DR:", re.DOTALL)
+
+
+class Drop(Exception):
+    """Raised by a row parser: the row is dropped and counted under ``reason``."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def short_hash(*parts: str) -> str:
+    """First 16 hex digits of sha256 over the parts joined by NUL."""
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------- raw rows
+
+def _source_label(source: Source) -> str:
+    if isinstance(source, dict):
+        cfg = f"[{source['config']}]" if source.get("config") else ""
+        return f"hf:{source.get('hf_dataset')}{cfg}:{source.get('split')}"
+    return str(source)
+
+
+def _hf_rows(source: dict) -> Iterator[tuple[int, Any]]:
+    name, config, split = source.get("hf_dataset"), source.get("config"), source.get("split")
+    if not name or not split:
+        raise ValueError(f"HF source needs 'hf_dataset' and 'split': {source!r}")
+    try:
+        import datasets
+        ds = datasets.load_dataset(name, config, split=split)
+    except Exception as e:  # offline hub, unknown name, missing package: all say which dataset
+        raise RuntimeError(f"could not load Hugging Face dataset {name!r} (config={config!r}, "
+                           f"split={split!r}); this needs network access (HF_HUB_OFFLINE unset) or "
+                           f"a local file instead: {type(e).__name__}: {e}") from e
+    for i, row in enumerate(ds, start=1):
+        yield i, row
+
+
+def _file_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line or record number, parsed row or None) for a local file."""
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        yield from enumerate(pq.read_table(path).to_pylist(), start=1)
+        return
+    if suffix == ".json":
+        try:
+            rows = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            rows = None  # many ".json" dumps are JSON lines
+        if rows is not None:
+            if not isinstance(rows, list):
+                raise ValueError(f"{path}: expected a JSON list of rows or JSON lines")
+            yield from enumerate(rows, start=1)
+            return
+    elif suffix != ".jsonl":
+        raise ValueError(f"{path}: unsupported file type {suffix!r} (.jsonl, .json, .parquet)")
+    for lineno, row, _raw in read_jsonl(path):
+        yield lineno, row
+
+
+def iter_rows(source: Source) -> Iterator[tuple[int, Any]]:
+    """Yield (line/record number, row or None if the line is not valid JSON)."""
+    if isinstance(source, dict):
+        return _hf_rows(source)
+    return _file_rows(Path(source))
+
+
+# ---------------------------------------------------------------------------- row checks
+
+def _get(obj: Any, key: str, typ: type = str) -> Any:
+    """``obj[key]`` if present, non-null and of type ``typ``; else drop as missing_field."""
+    val = obj.get(key) if isinstance(obj, dict) else None
+    if not isinstance(val, typ):
+        raise Drop("missing_field")
+    return val
+
+
+def _opt_str(obj: dict, key: str) -> str:
+    """Optional string field: null/absent -> ""; another type -> missing_field."""
+    val = obj.get(key)
+    if val is None:
+        return ""
+    if not isinstance(val, str):
+        raise Drop("missing_field")
+    return val
+
+
+def _text(val: str) -> str:
+    val = val.strip()
+    if not val:
+        raise Drop("empty_response")
+    return val
+
+
+def _load(source: Source, parse: Callable[[Any], dict], key: Callable[[dict], Hashable],
+          reasons: tuple[str, ...], dup_reason: str, columns: list[str]
+          ) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Parse every row of ``source``; count, log and skip the ones that fail."""
+    label = _source_label(source)
+    counts, first, seen, out = Counter(), {}, set(), []
+    for lineno, row in iter_rows(source):
+        try:
+            if row is None:
+                raise Drop("invalid_json")
+            rec = parse(row)
+            k = key(rec)
+            if k in seen:
+                raise Drop(dup_reason)
+            seen.add(k)
+        except Drop as d:
+            counts[d.reason] += 1
+            first.setdefault(d.reason, lineno)
+            continue
+        out.append(rec)
+    for reason in reasons:
+        if counts[reason]:
+            log.warning("%s: dropped %d row(s): %s (first at line %d)",
+                        label, counts[reason], reason, first[reason])
+    if not out:
+        raise ValueError(f"no valid rows in {label} (drops: {dict(counts)})")
+    log.info("%s: kept %d row(s)", label, len(out))
+    return pd.DataFrame(out, columns=columns), {r: counts[r] for r in reasons}
+
+
+# ---------------------------------------------------------------------------- comparisons
+
+def _confidence(row: dict) -> int:
+    extra = row.get("extra")
+    c = extra.get("confidence") if isinstance(extra, dict) else None
+    # JSON/Arrow may hand integers over as floats (7.0); strings and bools are not ratings.
+    if (not isinstance(c, (int, float)) or isinstance(c, bool) or not float(c).is_integer()
+            or not 1 <= c <= 9):
+        raise Drop("bad_confidence")
+    return int(c)
+
+
+def _parse_comparison(row: Any) -> dict:
+    info = _get(row, "info", dict)
+    summaries = _get(row, "summaries", list)
+    choice = row.get("choice")
+    if len(summaries) != 2 or type(choice) is not int or choice not in (0, 1):
+        raise Drop("missing_field")
+    split = _SPLITS.get(_get(row, "split"))
+    if split is None:
+        raise Drop("missing_field")
+    post_id = _get(info, "id")
+    # CNN/DM rows (valid2) have post=null and the text in article.
+    post = info.get("post") or info.get("article")
+    if not isinstance(post, str) or not post.strip():
+        raise Drop("missing_field")
+    title, subreddit = _opt_str(info, "title"), _opt_str(info, "subreddit")
+    texts = [_get(s, "text") for s in summaries]
+    policies = [_opt_str(s, "policy") for s in summaries]
+    texts = [_text(t) for t in texts]
+    if texts[0] == texts[1]:
+        raise Drop("identical_responses")
+    confidence = _confidence(row)
+    chosen, rejected = texts[choice], texts[1 - choice]
+    return {
+        "pair_id": short_hash(post_id, chosen, rejected),
+        "post_id": post_id,
+        "split": split,
+        "prompt": tldr_prompt(subreddit, title, post),
+        "document": post,
+        "chosen": chosen,
+        "rejected": rejected,
+        "chosen_policy": policies[choice],
+        "rejected_policy": policies[1 - choice],
+        "confidence": confidence,
+    }
+
+
+def load_comparisons(source: Source) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Human preference pairs (``openai/summarize_from_feedback``, config "comparisons").
+
+    Columns: ``COMPARISON_COLUMNS``; ``split`` is "train" or "validation" (valid1 + valid2).
+    Drop reasons: ``COMPARISON_REASONS``. Raises ``ValueError`` if no row survives.
+    """
+    df, drops = _load(source, _parse_comparison, lambda r: r["pair_id"], COMPARISON_REASONS,
+                      "duplicate_pair", COMPARISON_COLUMNS)
+    return df.astype({"confidence": "int64"}), drops
+
+
+# ---------------------------------------------------------------------------- SFT / news
+
+def _parse_sft(row: Any) -> dict:
+    # Some dumps end the prompt with "TL;DR: "; response_text() adds the one space itself.
+    prompt = _get(row, "prompt").rstrip()
+    if not prompt:
+        raise Drop("missing_field")
+    response = _text(_get(row, "label"))
+    m = _POST_RE.search(prompt)
+    return {"prompt": prompt, "response": response, "document": m.group(1) if m else prompt}
+
+
+def load_sft(source: Source) -> tuple[pd.DataFrame, dict[str, int]]:
+    """SFT demonstrations (``CarperAI/openai_summarize_tldr``): columns ``SFT_COLUMNS``."""
+    return _load(source, _parse_sft, lambda r: (r["prompt"], r["response"]), SFT_REASONS,
+                 "duplicate", SFT_COLUMNS)
+
+
+def _parse_news(row: Any) -> dict:
+    prompt_id, article = _get(row, "id"), _get(row, "article")
+    if not article.strip():
+        raise Drop("missing_field")
+    reference = _text(_get(row, "highlights").replace("\n", " "))
+    return {"prompt_id": prompt_id, "prompt": news_prompt(article), "document": article,
+            "reference": reference}
+
+
+def load_news(source: Source) -> tuple[pd.DataFrame, dict[str, int]]:
+    """News articles (``abisee/cnn_dailymail``): columns ``NEWS_COLUMNS``, one row per id."""
+    return _load(source, _parse_news, lambda r: r["prompt_id"], NEWS_REASONS, "duplicate",
+                 NEWS_COLUMNS)
+
+
+# ---------------------------------------------------------------------------- eval prompts
+
+def eval_prompts(sft_test_df: pd.DataFrame, news_df: pd.DataFrame, n_tldr: int, n_news: int,
+                 seed: int) -> pd.DataFrame:
+    """Seeded sample of ``n_tldr`` TL;DR and ``n_news`` news prompts (all if fewer exist).
+
+    Columns ``EVAL_COLUMNS``; TL;DR rows are de-duplicated by prompt first (the SFT test set
+    can hold several labels per post) and get ``prompt_id`` = :func:`short_hash` (prompt).
+    """
+    if n_tldr < 0 or n_news < 0:
+        raise ValueError(f"sample sizes must be >= 0, got n_tldr={n_tldr}, n_news={n_news}")
+    tldr = sft_test_df.drop_duplicates("prompt")
+    tldr = tldr.sample(n=min(n_tldr, len(tldr)), random_state=seed)
+    tldr = pd.DataFrame({"eval_set": "tldr", "prompt_id": tldr["prompt"].map(short_hash),
+                         "prompt": tldr["prompt"], "document": tldr["document"],
+                         "reference": tldr["response"]})
+    news = news_df.sample(n=min(n_news, len(news_df)), random_state=seed)
+    news = news.assign(eval_set="news")
+    return pd.concat([tldr[EVAL_COLUMNS], news[EVAL_COLUMNS]], ignore_index=True)

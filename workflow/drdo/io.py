@@ -1,0 +1,142 @@
+"""Atomic file output and provenance records.
+
+Every artifact says how it was made: the config values it depends on (and their hash), the
+hashes of its inputs, package versions and the git commit. Tables carry this as Parquet
+key-value metadata under ``drdo.provenance``; directories (checkpoints) as
+``manifest.json``. Writers go through a temporary name and ``os.replace`` so that a killed
+job never leaves a file that looks finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+PROVENANCE_KEY = b"drdo.provenance"
+MANIFEST = "manifest.json"
+_PACKAGES = ("drdo-workflow", "torch", "transformers", "tokenizers", "pyarrow", "rapidfuzz", "snakemake")
+
+
+def config_hash(cfg: Any) -> str:
+    """Stable short hash of a JSON-serialisable config subset."""
+    blob = json.dumps(cfg, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def file_hash(path: str | os.PathLike) -> str:
+    """sha256 of a file, or of a directory's files (names and contents, sorted)."""
+    path = Path(path)
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        if path.is_dir():
+            h.update(str(f.relative_to(path)).encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5, cwd=Path(__file__).parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _versions() -> dict[str, str]:
+    versions = {}
+    for name in _PACKAGES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
+    return versions
+
+
+def provenance(stage: str, cfg: Any, inputs: dict[str, str | os.PathLike] | None = None) -> dict:
+    """The record stored with every artifact of ``stage``."""
+    return {
+        "stage": stage,
+        "config": cfg,
+        "config_hash": config_hash(cfg),
+        "inputs": {k: {"path": str(v), "sha256": file_hash(v)} for k, v in (inputs or {}).items()},
+        "versions": _versions(),
+        "git_commit": _git_commit(),
+    }
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling path; move it onto ``path`` only if the block succeeds.
+
+    Works for files and directories alike.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / path.name
+    try:
+        yield tmp
+        if path.is_dir():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+def write_parquet(df: pd.DataFrame, path: str | os.PathLike, prov: dict) -> None:
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    meta = dict(table.schema.metadata or {})
+    meta[PROVENANCE_KEY] = json.dumps(prov, default=str).encode()
+    table = table.replace_schema_metadata(meta)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_parquet(path: str | os.PathLike) -> pd.DataFrame:
+    return pq.read_table(path).to_pandas()
+
+
+def read_provenance(path: str | os.PathLike) -> dict:
+    """Provenance of a Parquet file or of a directory with a manifest."""
+    path = Path(path)
+    if path.is_dir():
+        return json.loads((path / MANIFEST).read_text())
+    meta = pq.read_schema(path).metadata or {}
+    return json.loads(meta[PROVENANCE_KEY])
+
+
+def write_json(obj: Any, path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_jsonl(rows: list[dict], path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w") as fh:
+        for row in rows:
+            fh.write(json.dumps(row) + "\n")
+
+
+def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict | None, str]]:
+    """Yield (line number, parsed row or None if not valid JSON, raw line) for each non-blank line."""
+    with open(path) as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                row = None
+            yield lineno, row, line

@@ -1,0 +1,93 @@
+"""The paper's losses as pure functions on tensors (equation numbers of the DRDO paper).
+
+Conventions (as in TRL): every ``logp`` argument is a per-sequence log-probability of the
+response tokens only, shape ``[B]``; rewards are shape ``[B]`` (or ``[B, K]`` for an
+ensemble). Each loss returns ``(loss, terms)``: the scalar to minimise and a dict of
+detached per-batch means for logging.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+_LN2 = math.log(2.0)
+
+
+def log1mexp(z: torch.Tensor) -> torch.Tensor:
+    """log(1 - exp(z)) for z <= 0, stable over the whole range (Maechler 2012).
+
+    Near 0 use log(-expm1(z)); far below use log1p(-exp(z)). Each branch is evaluated on
+    an input clamped into its own region so the unused branch can't inject inf/NaN
+    gradients through ``torch.where``. z is clamped just below 0: a sequence of
+    probability exactly 1 would make the loss infinite.
+    """
+    z = z.clamp(max=-torch.finfo(z.dtype).tiny)
+    near_zero = torch.log(-torch.expm1(z.clamp(min=-_LN2)))
+    far = torch.log1p(-torch.exp(z.clamp(max=-_LN2)))
+    return torch.where(z > -_LN2, near_zero, far)
+
+
+def bradley_terry_loss(r_w: torch.Tensor, r_l: torch.Tensor):
+    """Eq. 2: -log sigmoid(r(x, y_w) - r(x, y_l))."""
+    loss = -F.logsigmoid(r_w - r_l).mean()
+    return loss, {"bt": loss.detach(), "reward_acc": (r_w > r_l).float().mean()}
+
+
+def oracle_loss(r_w: torch.Tensor, r_l: torch.Tensor, nll_w: torch.Tensor, alpha: float):
+    """Eq. 5: (1 - a) * BT loss + a * NLL(y_w | x); ``nll_w`` is per example, shape [B].
+
+    With alpha = 0 this is Eq. 2 (the e-DPO ensemble members).
+    """
+    bt, terms = bradley_terry_loss(r_w, r_l)
+    nll = nll_w.mean()
+    loss = (1.0 - alpha) * bt + alpha * nll
+    return loss, {**terms, "nll_chosen": nll.detach()}
+
+
+def dpo_loss(pi_w, pi_l, ref_w, ref_l, beta: float):
+    """Eq. 3: -log sigmoid(beta * [(pi_w - ref_w) - (pi_l - ref_l)])."""
+    margin = (pi_w - ref_w) - (pi_l - ref_l)
+    loss = -F.logsigmoid(beta * margin).mean()
+    return loss, {"dpo": loss.detach(), "implicit_acc": (margin > 0).float().mean(),
+                  "implicit_margin": (beta * margin).detach().mean()}
+
+
+def edpo_loss(pi_1, pi_2, ref_1, ref_2, r_1: torch.Tensor, r_2: torch.Tensor, beta: float,
+              reduction: str = "min"):
+    """Eq. 4 (Fisch et al., 2024): squared distillation of an ensemble's reward margins.
+
+    ``r_1``, ``r_2`` are ``[B, K]`` (K reward models). Per member k,
+    L_k = mean_batch (r_k(y_1) - r_k(y_2) - beta * [(pi_1 - ref_1) - (pi_2 - ref_2)])^2,
+    then reduced over k by ``min`` (default) or ``mean``.
+    """
+    implicit = beta * ((pi_1 - ref_1) - (pi_2 - ref_2))
+    per_member = ((r_1 - r_2) - implicit[:, None]).pow(2).mean(dim=0)
+    if reduction == "min":
+        loss = per_member.min()
+    elif reduction == "mean":
+        loss = per_member.mean()
+    else:
+        raise ValueError(f"edpo reduction must be 'min' or 'mean', got {reduction!r}")
+    return loss, {"edpo": loss.detach(), "implicit_acc": (implicit > 0).float().mean(),
+                  "implicit_margin": implicit.detach().mean()}
+
+
+def drdo_loss(z_w, z_l, rhat_w, rhat_l, rstar_w, rstar_l, alpha: float, gamma: float):
+    """Eq. 6: reward distillation plus focal-softened contrastive log-unlikelihood.
+
+    L = (r*_w - r*_l - (rhat_w - rhat_l))^2 - alpha * (1 - p_w)^gamma * [z_w - log(1 - exp(z_l))]
+    with p_w = sigmoid(z_w - z_l). The focal weight is *not* detached: its gradient is the
+    first term of Appendix A.5, Eq. 30.
+    """
+    distill = ((rstar_w - rstar_l) - (rhat_w - rhat_l)).pow(2)
+    one_minus_pw = torch.sigmoid(z_l - z_w)  # = 1 - p_w without cancellation
+    unlikelihood = z_w - log1mexp(z_l)
+    focal = one_minus_pw.pow(gamma) * unlikelihood
+    loss = (distill - alpha * focal).mean()
+    return loss, {"distill": distill.detach().mean(), "focal": focal.detach().mean(),
+                  "p_w": (1 - one_minus_pw).detach().mean(),
+                  "student_reward_acc": (rhat_w > rhat_l).float().mean(),
+                  "implicit_acc": (z_w > z_l).float().mean()}

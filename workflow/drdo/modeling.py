@@ -1,0 +1,94 @@
+"""Models: loading, the causal LM with a linear reward head, and response log-probs.
+
+A checkpoint directory is a plain Hugging Face model (``AutoModelForCausalLM.from_pretrained``
+loads it) plus its tokenizer, and, for reward models and the DRDO student, the reward head
+in ``reward_head.safetensors``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+HEAD_FILE = "reward_head.safetensors"
+
+
+def load_tokenizer(name_or_path: str | os.PathLike):
+    tok = AutoTokenizer.from_pretrained(str(name_or_path))
+    if tok.pad_token is None:  # many causal LMs ship without one
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_causal_lm(name_or_path: str | os.PathLike, dtype: str = "float32") -> PreTrainedModel:
+    model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=getattr(torch, dtype))
+    model.config.use_cache = False  # training and scoring never reuse the KV cache
+    return model
+
+
+class LMWithRewardHead(nn.Module):
+    """Causal LM plus a linear reward on the last non-padding token's final hidden state.
+
+    The LM head is kept, so the same forward gives token log-probs and a scalar reward
+    (the Oracle of Eq. 5 and the DRDO student, which "can do both").
+    """
+
+    def __init__(self, lm: PreTrainedModel, head: nn.Linear | None = None, head_seed: int = 0):
+        super().__init__()
+        self.lm = lm
+        if head is None:
+            hidden = lm.config.hidden_size
+            head = nn.Linear(hidden, 1)
+            g = torch.Generator().manual_seed(head_seed)
+            with torch.no_grad():
+                head.weight.normal_(0.0, 1.0 / (hidden + 1) ** 0.5, generator=g)
+                head.bias.zero_()
+            head.to(next(lm.parameters()).dtype)
+        self.head = head
+
+    def forward(self, input_ids, attention_mask):
+        out = self.lm(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        last = last_token_index(attention_mask)
+        hidden = out.hidden_states[-1][torch.arange(input_ids.shape[0]), last]
+        return out.logits, self.head(hidden).squeeze(-1)
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        self.lm.save_pretrained(path)
+        save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, Path(path) / HEAD_FILE)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, head_seed: int = 0, dtype: str = "float32"):
+        """Load a checkpoint; a directory without a head file gets a fresh seeded head."""
+        model = cls(load_causal_lm(path, dtype), head_seed=head_seed)
+        head_file = Path(path) / HEAD_FILE
+        if head_file.exists():
+            model.head.load_state_dict(load_file(head_file))
+        return model
+
+
+def has_reward_head(path: str | os.PathLike) -> bool:
+    return (Path(path) / HEAD_FILE).exists()
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last non-padding token of each row (works for left or right padding)."""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (attention_mask * positions).argmax(dim=1)
+
+
+def response_logps(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor):
+    """Sum of the response tokens' log-probs and their count, per sequence.
+
+    ``loss_mask`` marks response tokens; logits at position t predict token t+1, so both
+    are shifted by one. Callers aggregate (sum, or mean = sum / count).
+    """
+    logps = torch.gather(F.log_softmax(logits[:, :-1].float(), dim=-1), 2,
+                         input_ids[:, 1:, None]).squeeze(-1)
+    mask = loss_mask[:, 1:].to(logps.dtype)
+    return (logps * mask).sum(-1), mask.sum(-1).clamp(min=1)

@@ -1,0 +1,89 @@
+"""What each training job optimises: a loss from ``losses.py`` and the table columns it reads.
+
+The trainer is the same for every objective; an objective only says whether examples are
+pairs, whether the model carries a reward head, which precomputed columns it needs, and
+how the forward outputs become a loss.
+
+Forward outputs of a pair batch (see ``trainer.forward``): ``logp_w``, ``logp_l`` (sums of
+response-token log-probs), ``ntok_w``, ``ntok_l`` (response lengths) and, with a reward
+head, ``r_w``, ``r_l``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from . import losses
+
+OBJECTIVES = ("sft", "oracle", "rm", "dpo", "edpo", "drdo")
+ALIGN_METHODS = ("drdo", "dpo", "edpo")
+
+
+@dataclass(frozen=True)
+class Objective:
+    name: str
+    paired: bool
+    reward_head: bool
+    columns: tuple[str, ...]
+    loss: Callable[[dict, dict], tuple]
+
+
+def _aggregate(out: dict, side: str, agg: str) -> torch.Tensor:
+    if agg == "sum":
+        return out[f"logp_{side}"]
+    if agg == "mean":
+        return out[f"logp_{side}"] / out[f"ntok_{side}"]
+    raise ValueError(f"logp_agg must be 'sum' or 'mean', got {agg!r}")
+
+
+def _sft(out, _):
+    # token-mean NLL over the batch's response tokens
+    nll = -out["logp"].sum() / out["ntok"].sum()
+    return nll, {"nll": nll.detach()}
+
+
+def build(name: str, p: dict) -> Objective:
+    """Objective ``name`` with its hyperparameters ``p`` (the method's config section)."""
+    if name == "sft":
+        return Objective("sft", False, False, (), _sft)
+    if name in ("oracle", "rm"):
+        alpha = p.get("nll_weight", 0.0) if name == "oracle" else 0.0  # rm: Eq. 2
+
+        def loss(out, _):
+            return losses.oracle_loss(out["r_w"], out["r_l"], -out["logp_w"] / out["ntok_w"], alpha)
+
+        return Objective(name, True, True, (), loss)
+    ref_cols = ("ref_logp_chosen", "ref_logp_rejected")
+    if name == "dpo":
+        def loss(out, t):
+            return losses.dpo_loss(out["logp_w"], out["logp_l"], t["ref_logp_chosen"],
+                                   t["ref_logp_rejected"], p["beta"])
+
+        return Objective("dpo", True, False, ref_cols, loss)
+    if name == "edpo":
+        k = p["ensemble_size"]
+        rm_cols = tuple(f"rm{i}_{side}" for i in range(k) for side in ("chosen", "rejected"))
+
+        def loss(out, t):
+            r1 = torch.stack([t[f"rm{i}_chosen"] for i in range(k)], dim=1)
+            r2 = torch.stack([t[f"rm{i}_rejected"] for i in range(k)], dim=1)
+            return losses.edpo_loss(out["logp_w"], out["logp_l"], t["ref_logp_chosen"],
+                                    t["ref_logp_rejected"], r1, r2, p["beta"], p["reduction"])
+
+        return Objective("edpo", True, False, ref_cols + rm_cols, loss)
+    if name == "drdo":
+        student_reward = p["student_reward"]
+        if student_reward not in ("head", "logprob"):
+            raise ValueError(f"drdo.student_reward must be 'head' or 'logprob', got {student_reward!r}")
+
+        def loss(out, t):
+            z_w, z_l = _aggregate(out, "w", p["logp_agg"]), _aggregate(out, "l", p["logp_agg"])
+            rhat_w, rhat_l = (out["r_w"], out["r_l"]) if student_reward == "head" else (z_w, z_l)
+            return losses.drdo_loss(z_w, z_l, rhat_w, rhat_l, t["oracle_chosen"], t["oracle_rejected"],
+                                    p["alpha"], p["gamma"])
+
+        return Objective("drdo", True, student_reward == "head", ("oracle_chosen", "oracle_rejected"), loss)
+    raise ValueError(f"unknown objective {name!r}; expected one of {OBJECTIVES}")

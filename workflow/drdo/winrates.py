@@ -1,0 +1,61 @@
+"""Head-to-head win-rates from per-prompt scores.
+
+A beats B on prompt x when score(x, y_A) > score(x, y_B) (Table 2's Oracle win-rate; the
+gold reward is scored the same way). A tie counts as half a win. The 95% interval is a
+percentile bootstrap over prompts (the prompts are the random unit), seeded.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+COLUMNS = ["eval_set", "split", "policy_a", "policy_b", "temperature", "scorer",
+           "wins", "ties", "losses", "n", "win_rate", "ci_low", "ci_high"]
+
+
+def comparisons(methods: list[str]) -> list[tuple[str, str]]:
+    """Method vs method, each method vs SFT, and the reference vs each method."""
+    pairs = [(a, b) for i, a in enumerate(methods) for b in methods[i + 1:]]
+    return pairs + [(m, "sft") for m in methods] + [("reference", m) for m in methods]
+
+
+def head_to_head(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int, tie_tol: float = 1e-9) -> dict:
+    diff = a - b
+    outcome = np.where(np.abs(diff) <= tie_tol, 0.5, (diff > 0).astype(float))
+    n = len(outcome)
+    rng = np.random.default_rng(seed)
+    boots = outcome[rng.integers(0, n, size=(n_boot, n))].mean(axis=1)
+    return {"wins": int((outcome == 1).sum()), "ties": int((outcome == 0.5).sum()),
+            "losses": int((outcome == 0).sum()), "n": n, "win_rate": outcome.mean(),
+            "ci_low": np.quantile(boots, 0.025), "ci_high": np.quantile(boots, 0.975)}
+
+
+def winrate_table(scores: pd.DataFrame, splits: list[str], methods: list[str], scorers: list[str],
+                  n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """``scores``: one row per (policy, split, eval_set, prompt_id, temperature) with a column
+    per scorer; ``sft`` and ``reference`` rows have split ``"-"``, ``reference`` rows have
+    temperature NaN (it is compared with the policy at every temperature)."""
+    rows = []
+    key = ["eval_set", "prompt_id"]
+    for split in splits:
+        for a, b in comparisons(methods):
+            left, right = _rows(scores, a, split, scorers), _rows(scores, b, split, scorers)
+            on = key if a == "reference" else key + ["temperature"]
+            merged = left.merge(right, on=on, suffixes=("_a", "_b"),
+                                validate="one_to_many" if a == "reference" else "one_to_one")
+            if merged.empty:
+                raise ValueError(f"no common prompts between {a} and {b} on split {split}")
+            for (eval_set, temp), g in merged.groupby(["eval_set", "temperature"], sort=True):
+                for scorer in scorers:
+                    stats = head_to_head(g[f"{scorer}_a"].to_numpy(), g[f"{scorer}_b"].to_numpy(), n_boot, seed)
+                    rows.append({"eval_set": eval_set, "split": split, "policy_a": a, "policy_b": b,
+                                 "temperature": temp, "scorer": scorer, **stats})
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _rows(scores: pd.DataFrame, policy: str, split: str, scorers: list[str]) -> pd.DataFrame:
+    shared = policy in ("sft", "reference")
+    sel = scores[(scores["policy"] == policy) & (scores["split"] == ("-" if shared else split))]
+    cols = ["eval_set", "prompt_id", *scorers]
+    return sel[cols] if policy == "reference" else sel[cols + ["temperature"]]

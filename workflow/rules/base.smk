@@ -1,0 +1,16 @@
+rule base_model:
+    input:
+        pairs=f"{OUT}/data/pairs.parquet",
+        sft=f"{OUT}/data/sft.parquet",
+    output:
+        directory(f"{OUT}/models/base"),
+    params:
+        cfg=as_json(config["model"]),
+    threads: config["threads"]
+    log:
+        f"{OUT}/logs/base_model.log",
+    conda:
+        ENV
+    shell:
+        "python -m drdo --threads {threads} base --params {params.cfg:q}"
+        " --pairs {input.pairs} --sft {input.sft} --out {output} > {log} 2>&1"

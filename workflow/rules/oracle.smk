@@ -1,0 +1,27 @@
+def oracle_params():
+    params = train_params("oracle")
+    if config["data"]["source"] == "synthetic":  # to report the Bayes-optimal accuracy
+        params["synthetic_labels"] = {
+            "gold": config["synthetic"].get("gold", {}),
+            "label_temperature": config["synthetic"].get("label_temperature", 0.25),
+        }
+    return params
+
+
+rule oracle:
+    input:
+        sft=f"{OUT}/models/sft",
+        data=f"{OUT}/data/splits/all.parquet",
+    output:
+        directory(f"{OUT}/models/oracle"),
+    params:
+        cfg=as_json(oracle_params()),
+        resume=f"{OUT}/.resume/oracle.pt",
+    threads: config["threads"]
+    log:
+        f"{OUT}/logs/oracle.log",
+    conda:
+        ENV
+    shell:
+        "python -m drdo --threads {threads} train --objective oracle --params {params.cfg:q}"
+        " --init {input.sft} --data {input.data} --out {output} --resume {params.resume} > {log} 2>&1"

@@ -1,0 +1,45 @@
+SCORE_PARAMS = as_json({**config["score"], "gold": config["synthetic"].get("gold", {})})
+
+
+def policy_split(policy):
+    return policy.split("-", 1)[1] if "-" in policy else "-"
+
+
+rule score_policy:
+    input:
+        generations=f"{OUT}/generations/{{policy}}.parquet",
+        prompts=f"{OUT}/data/eval_prompts.parquet",
+        oracle=f"{OUT}/models/oracle",
+    output:
+        f"{OUT}/scores/{{policy}}.parquet",
+    params:
+        cfg=SCORE_PARAMS,
+        name=lambda wildcards: wildcards.policy.split("-")[0],
+        split=lambda wildcards: policy_split(wildcards.policy),
+    threads: config["threads"]
+    log:
+        f"{OUT}/logs/score_{{policy}}.log",
+    conda:
+        ENV
+    shell:
+        "python -m drdo --threads {threads} score --params {params.cfg:q} --generations {input.generations}"
+        " --prompts {input.prompts} --oracle {input.oracle} --policy {params.name} --split {params.split}"
+        " --out {output} > {log} 2>&1"
+
+
+rule score_reference:
+    input:
+        prompts=f"{OUT}/data/eval_prompts.parquet",
+        oracle=f"{OUT}/models/oracle",
+    output:
+        f"{OUT}/scores/reference.parquet",
+    params:
+        cfg=SCORE_PARAMS,
+    threads: config["threads"]
+    log:
+        f"{OUT}/logs/score_reference.log",
+    conda:
+        ENV
+    shell:
+        "python -m drdo --threads {threads} score --params {params.cfg:q} --prompts {input.prompts}"
+        " --oracle {input.oracle} --policy reference --split - --out {output} > {log} 2>&1"

@@ -1,0 +1,17 @@
+rule split:
+    input:
+        pairs=f"{OUT}/data/pairs.parquet",
+        base=f"{OUT}/models/base",
+    output:
+        splits=expand(f"{OUT}/data/splits/{{split}}.parquet", split=["all", "hc_he", "lc_le"]),
+        table5=f"{OUT}/data/table5.csv",
+    params:
+        cfg=as_json(config["split"]),
+        out_dir=f"{OUT}/data/splits",
+    log:
+        f"{OUT}/logs/split.log",
+    conda:
+        ENV
+    shell:
+        "python -m drdo split --params {params.cfg:q} --pairs {input.pairs} --base {input.base}"
+        " --out-dir {params.out_dir} --out-table5 {output.table5} > {log} 2>&1"

@@ -1,0 +1,59 @@
+# Precomputed per-pair values, keyed by pair_id (README: "Tables"), so neither the Oracle,
+# the ensemble nor the reference policy is in memory during alignment.
+TABLE_PARAMS = as_json({"max_length": config["train"]["max_length"], "batch_size": config["score"]["batch_size"]})
+MEMBERS = list(range(config["ensemble"]["size"]))
+
+
+rule oracle_table:
+    input:
+        pairs=f"{OUT}/data/splits/all.parquet",
+        oracle=f"{OUT}/models/oracle",
+    output:
+        f"{OUT}/tables/oracle_rewards.parquet",
+    params:
+        cfg=TABLE_PARAMS,
+    threads: config["threads"]
+    log:
+        f"{OUT}/logs/oracle_table.log",
+    conda:
+        ENV
+    shell:
+        "python -m drdo --threads {threads} table --params {params.cfg:q} --pairs {input.pairs}"
+        " --model oracle={input.oracle} --value reward --out {output} > {log} 2>&1"
+
+
+rule ensemble_table:
+    input:
+        pairs=f"{OUT}/data/splits/all.parquet",
+        members=expand(f"{OUT}/models/rm{{member}}", member=MEMBERS),
+    output:
+        f"{OUT}/tables/ensemble_rewards.parquet",
+    params:
+        cfg=TABLE_PARAMS,
+        models=lambda wildcards, input: " ".join(f"--model rm{i}={m}" for i, m in enumerate(input.members)),
+    threads: config["threads"]
+    log:
+        f"{OUT}/logs/ensemble_table.log",
+    conda:
+        ENV
+    shell:
+        "python -m drdo --threads {threads} table --params {params.cfg:q} --pairs {input.pairs}"
+        " {params.models} --value reward --out {output} > {log} 2>&1"
+
+
+rule reference_table:
+    input:
+        pairs=f"{OUT}/data/splits/all.parquet",
+        sft=f"{OUT}/models/sft",
+    output:
+        f"{OUT}/tables/reference_logps.parquet",
+    params:
+        cfg=TABLE_PARAMS,
+    threads: config["threads"]
+    log:
+        f"{OUT}/logs/reference_table.log",
+    conda:
+        ENV
+    shell:
+        "python -m drdo --threads {threads} table --params {params.cfg:q} --pairs {input.pairs}"
+        " --model ref_logp={input.sft} --value logp --out {output} > {log} 2>&1"

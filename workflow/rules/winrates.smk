@@ -1,0 +1,13 @@
+rule winrates:
+    input:
+        scores=expand(f"{OUT}/scores/{{policy}}.parquet", policy=POLICIES + ["reference"]),
+    output:
+        f"{OUT}/winrates.csv",
+    params:
+        cfg=as_json({**config["winrates"], "splits": SPLITS, "methods": METHODS}),
+    log:
+        f"{OUT}/logs/winrates.log",
+    conda:
+        ENV
+    shell:
+        "python -m drdo winrates --params {params.cfg:q} --scores {input.scores} --out {output} > {log} 2>&1"

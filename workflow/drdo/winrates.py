@@ -46,6 +46,10 @@ def winrate_table(scores: pd.DataFrame, splits: list[str], methods: list[str], s
                                 validate="one_to_many" if a == "reference" else "one_to_one")
             if merged.empty:
                 raise ValueError(f"no common prompts between {a} and {b} on split {split}")
+            if len(merged) != len(right) or (a != "reference" and len(merged) != len(left)):
+                raise ValueError(f"{a} and {b} on split {split} were scored on different prompts "
+                                 f"({len(left)} vs {len(right)} rows, {len(merged)} shared)")
+            merged = merged.sort_values(key)  # the bootstrap must not depend on file order
             for (eval_set, temp), g in merged.groupby(["eval_set", "temperature"], sort=True):
                 for scorer in scorers:
                     stats = head_to_head(g[f"{scorer}_a"].to_numpy(), g[f"{scorer}_b"].to_numpy(), n_boot, seed)

@@ -1,12 +1,24 @@
 import json
+import os
+from pathlib import Path
 
-from snakemake.utils import validate
+import yaml
+from snakemake.utils import update_config, validate
 
+
+# A user config (--configfile / --config) only needs the keys it changes: start from the
+# embedded default wherever the workflow is run from.
+_merged = yaml.safe_load((Path(workflow.basedir) / "config" / "config.yaml").read_text())
+update_config(_merged, config)
+config.update(_merged)
 
 # Stop before any job if the config does not match the schema (the error names the key).
 validate(config, schema="../schemas/config.schema.yaml")
 
 OUT = config["out_dir"].rstrip("/")
+# The default never needs a hub; a failed hub look-up would only cost ~50 s of retries.
+if config["model"]["name_or_path"] == "tiny" and config["data"]["source"] != "hub":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
 METHODS = config["align"]["methods"]
 SPLITS = config["align"]["splits"]
 POLICIES = ["sft"] + [f"{m}-{s}" for m in METHODS for s in SPLITS]

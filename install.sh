@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Create .venv with everything the workflow and its tests need (CPU-only torch first, so
+# pip does not pull a multi-GB CUDA build). Idempotent: re-running only tops up.
+set -euo pipefail
+cd "$(dirname "$0")"
+python3 -m venv .venv
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+python -m pip install -q torch==2.13.0
+python -m pip install -q -e '.[test]'

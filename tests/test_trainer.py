@@ -1,0 +1,195 @@
+"""The training loop: exact resume after a crash, stale resume state, learning, evaluate, collate.
+
+Tiny offline models only (a BPE tokenizer trained on a few sentences, a 1-layer Llama).
+"""
+
+import dataclasses
+import pytest
+import torch
+
+from drdo import objectives
+from drdo.base_model import tiny_llama, train_tokenizer
+from drdo.batching import encode
+from drdo.modeling import LMWithRewardHead
+from drdo.trainer import Example, TrainConfig, collate, evaluate, forward, train
+
+ARCH = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+        "num_key_value_heads": 2, "max_position_embeddings": 64}
+POSTS = ["I locked my keys inside the car", "my cat sat on the mat all day", "the pizza was cold again",
+         "my boss moved the meeting twice", "I lost my phone on the train", "the dog ate my homework",
+         "our flat has no hot water", "I missed the last bus home"]
+GOOD = ["keys locked in car", "cat sat on mat", "cold pizza", "meeting moved twice",
+        "lost phone on train", "dog ate homework", "no hot water", "missed last bus"]
+BAD = ["something happened", "a thing", "food", "work stuff", "oops", "a pet", "the flat", "late"]
+DRDO_PARAMS = {"alpha": 0.1, "gamma": 2.0, "student_reward": "head", "logp_agg": "sum"}
+MAX_LEN = 48
+
+
+def _prompt(post):
+    return f"POST: {post}\nTL;DR:"
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return train_tokenizer([_prompt(p) for p in POSTS] + GOOD + BAD, vocab_size=300)
+
+
+@pytest.fixture(scope="module")
+def pairs(tok):
+    return [Example([encode(tok, _prompt(p), g, MAX_LEN), encode(tok, _prompt(p), b, MAX_LEN)],
+                    {"oracle_chosen": 1.0 + 0.1 * i, "oracle_rejected": -0.5 + 0.05 * i})
+            for i, (p, g, b) in enumerate(zip(POSTS, GOOD, BAD))]
+
+
+def _student(tok):
+    return LMWithRewardHead(tiny_llama(tok, ARCH, seed=0), head_seed=0)
+
+
+CFG = TrainConfig(lr=1e-3, batch_size=2, max_steps=6, warmup_steps=1, weight_decay=0.01, seed=0, save_every=2)
+RUN_KEY = {"method": "drdo", "params": DRDO_PARAMS}
+
+
+def _crashing(objective, after_calls):
+    """The objective, but its loss raises on call ``after_calls + 1`` (a killed job)."""
+    calls = {"n": 0}
+
+    def loss(out, values):
+        calls["n"] += 1
+        if calls["n"] > after_calls:
+            raise RuntimeError("simulated crash")
+        return objective.loss(out, values)
+
+    return dataclasses.replace(objective, loss=loss)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tok, pairs):
+    model = _student(tok)
+    history = train(model, pairs, objectives.build("drdo", DRDO_PARAMS), CFG, tok.pad_token_id)
+    return model, history
+
+
+def _assert_same_params(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        torch.testing.assert_close(sb[k], sa[k], msg=lambda m, k=k: f"{k}: {m}")
+
+
+@pytest.fixture(scope="module")
+def crashed_state(tok, pairs, tmp_path_factory):
+    """The resume file a job killed during step 5 leaves behind (last saved at step 4)."""
+    resume = tmp_path_factory.mktemp("crash") / "resume" / "drdo.pt"
+    objective = objectives.build("drdo", DRDO_PARAMS)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(_student(tok), pairs, _crashing(objective, after_calls=4), CFG, tok.pad_token_id,
+              resume_path=resume, run_key=RUN_KEY)
+    assert resume.exists()
+    assert not resume.with_name(resume.name + ".tmp").exists()
+    return resume.read_bytes()
+
+
+def test_resume_after_crash_is_exact(tok, pairs, uninterrupted, crashed_state, tmp_path):
+    ref_model, ref_history = uninterrupted
+    assert len(ref_history) == 6
+    resume = tmp_path / "drdo.pt"
+    resume.write_bytes(crashed_state)
+    state = torch.load(resume, weights_only=False)
+    assert state["step"] == 4 and len(state["history"]) == 4
+
+    # a new process: a freshly initialised model, the same arguments
+    model = _student(tok)
+    history = train(model, pairs, objectives.build("drdo", DRDO_PARAMS), CFG, tok.pad_token_id,
+                    resume_path=resume, run_key=RUN_KEY)
+    assert len(history) == 6
+    assert [h["step"] for h in history] == [1, 2, 3, 4, 5, 6]
+    assert not resume.exists()
+    _assert_same_params(ref_model, model)
+    for h, r in zip(history, ref_history):
+        assert h.keys() == r.keys()
+        for k in h:
+            assert h[k] == pytest.approx(r[k], rel=1e-5, abs=1e-7), (h["step"], k)
+
+
+def test_resume_state_of_another_run_is_ignored(tok, pairs, uninterrupted, crashed_state, tmp_path):
+    ref_model, _ = uninterrupted
+    resume = tmp_path / "drdo.pt"
+    resume.write_bytes(crashed_state)  # saved under RUN_KEY; this run has another key
+    model = _student(tok)
+    history = train(model, pairs, objectives.build("drdo", DRDO_PARAMS), CFG, tok.pad_token_id,
+                    resume_path=resume, run_key={**RUN_KEY, "seed_of_something_else": 1})
+    assert [h["step"] for h in history] == [1, 2, 3, 4, 5, 6]  # started from step 0
+    assert not resume.exists()
+    _assert_same_params(ref_model, model)  # the run key itself does not change training
+
+
+def test_training_actually_changes_the_model(tok, uninterrupted):
+    ref_model, history = uninterrupted
+    fresh = _student(tok)
+    changed = [k for k, v in fresh.state_dict().items() if not torch.equal(v, ref_model.state_dict()[k])]
+    assert "head.weight" in changed and len(changed) > 5
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in history)
+    assert not ref_model.training  # train() leaves the model in eval mode
+
+
+def test_sft_loss_goes_down(tok):
+    texts = [("POST: my cat sat on the mat\nTL;DR:", "cat sat on mat"),
+             ("POST: the dog ate my homework\nTL;DR:", "dog ate homework")]
+    examples = [Example([encode(tok, p, r, MAX_LEN)]) for p, r in texts * 4]
+    model = tiny_llama(tok, ARCH, seed=0)
+    cfg = TrainConfig(lr=3e-3, batch_size=4, max_steps=30, warmup_steps=2, seed=0)
+    history = train(model, examples, objectives.build("sft", {}), cfg, tok.pad_token_id)
+    assert len(history) == 30
+    first, last = history[0]["loss"], history[-1]["loss"]
+    assert first > 4.0  # about log(vocab) at initialisation
+    assert last < 0.75 * first and first - last > 1.5, (first, last)  # ~5.7 -> ~3.5
+    losses = [h["loss"] for h in history]
+    assert max(losses[-5:]) < min(losses[:5])
+    assert history[-1]["nll"] == pytest.approx(last)
+
+
+def test_evaluate_oracle_reward_acc(tok, pairs):
+    model = _student(tok)
+    objective = objectives.build("oracle", {"nll_weight": 0.01})
+    m1 = evaluate(model, pairs, objective, tok.pad_token_id, batch_size=3)
+    m2 = evaluate(model, pairs, objective, tok.pad_token_id, batch_size=3)
+    assert m1 == m2  # deterministic
+    assert {"loss", "bt", "reward_acc", "nll_chosen"} <= m1.keys()
+    assert 0.0 <= m1["reward_acc"] <= 1.0
+    assert (m1["reward_acc"] * len(pairs)) == pytest.approx(round(m1["reward_acc"] * len(pairs)))
+    # chunked means are weighted by chunk size: same result as one batch of everything
+    whole = evaluate(model, pairs, objective, tok.pad_token_id, batch_size=len(pairs))
+    assert m1["reward_acc"] == pytest.approx(whole["reward_acc"])
+    assert m1["loss"] == pytest.approx(whole["loss"], rel=1e-5)
+    # and equal to the accuracy computed by hand from the rewards
+    with torch.no_grad():
+        out = forward(model, collate(pairs, tok.pad_token_id, paired=True), paired=True)
+    assert whole["reward_acc"] == pytest.approx((out["r_w"] > out["r_l"]).float().mean().item())
+
+
+def test_collate_pairs_chosen_first_then_rejected(tok):
+    pad = tok.pad_token_id
+    seqs = [(encode(tok, "a", "b c d", 64), encode(tok, "a", "e", 64)),
+            (encode(tok, "f g h i", "j", 64), encode(tok, "f g h i", "k l m n o", 64)),
+            (encode(tok, "p", "q", 64), encode(tok, "p", "r s", 64))]
+    exs = [Example([c, r], {"oracle_chosen": float(i), "oracle_rejected": -float(i) - 0.5})
+           for i, (c, r) in enumerate(seqs)]
+    batch = collate(exs, pad, paired=True)
+    rows = [c for c, _ in seqs] + [r for _, r in seqs]
+    width = max(len(s.input_ids) for s in rows)
+    assert batch["input_ids"].shape == (6, width)
+    for i, s in enumerate(rows):
+        n = len(s.input_ids)
+        assert batch["input_ids"][i, :n].tolist() == s.input_ids
+        assert batch["input_ids"][i, n:].eq(pad).all()
+        assert batch["attention_mask"][i].tolist() == [1] * n + [0] * (width - n)
+        assert batch["loss_mask"][i].tolist() == s.loss_mask + [0] * (width - n)
+    assert set(batch["values"]) == {"oracle_chosen", "oracle_rejected"}
+    assert batch["values"]["oracle_chosen"].tolist() == [0.0, 1.0, 2.0]
+    assert batch["values"]["oracle_rejected"].tolist() == [-0.5, -1.5, -2.5]
+    assert batch["values"]["oracle_chosen"].dtype == torch.float32
+
+    single = collate(exs, pad, paired=False)
+    assert single["input_ids"].shape[0] == 3
+    assert single["input_ids"][1, :len(seqs[1][0].input_ids)].tolist() == seqs[1][0].input_ids
+    assert collate([Example([seqs[0][0]])], pad, paired=False)["values"] == {}

@@ -22,10 +22,12 @@ include: "workflow/rules/align.smk"
 include: "workflow/rules/generate.smk"
 include: "workflow/rules/score.smk"
 include: "workflow/rules/winrates.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
     input:
         f"{OUT}/winrates.csv",
         f"{OUT}/data/table5.csv",
+        f"{OUT}/validation.csv",
     default_target: True

@@ -153,3 +153,15 @@ def test_defaults_and_cli(tmp_path, capsys):
     stats = json.loads(capsys.readouterr().out)
     assert stats["n_comparisons"] == {"train": 80, "valid1": 20}
     assert all((tmp_path / name).exists() for name in FILES)
+
+
+def test_sft_extra_posts_extend_only_the_sft_train_rows(tmp_path):
+    generate_world(SMALL, tmp_path / "a")
+    generate_world({**SMALL, "n_sft_extra_posts": 7}, tmp_path / "b")
+    a, b = _read(tmp_path / "a" / "sft_train.jsonl"), _read(tmp_path / "b" / "sft_train.jsonl")
+    assert b[:len(a)] == a and len(b) == len(a) + 7
+    assert not {r["prompt"] for r in b[len(a):]} & {r["prompt"] for r in a}
+    for name in ("comparisons.jsonl", "sft_test.jsonl", "news_test.jsonl"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    with pytest.raises(ValueError, match="n_sft_extra_posts"):
+        generate_world({"n_sft_extra_posts": -1}, tmp_path / "c")

@@ -76,8 +76,7 @@ def cmd_split(a) -> None:
                                                                   "dropped_too_long": n_long})
     table = splits.table5(parts)
     log.info("Table 5:\n%s", table.to_string(index=False))
-    with io.atomic_path(a.out_table5) as tmp:
-        table.to_csv(tmp, index=False)
+    io.write_csv(table, a.out_table5, {**prov, "thresholds": thresholds})
 
 
 # --------------------------------------------------------------------------- training
@@ -101,7 +100,9 @@ def cmd_train(a) -> None:
     if not train_ex:
         raise ValueError(f"{a.data}: no training rows")
     cfg = TrainConfig.from_params(p)
-    run_key = {"objective": a.objective, "params": p, "inputs": [a.init, a.data, *a.tables]}
+    # a resume state is only valid for the very same inputs (content, not just paths)
+    run_key = {"objective": a.objective, "params": p,
+               "inputs": {path: io.file_hash(path) for path in (a.init, a.data, *a.tables)}}
     history = train(model, train_ex, objective, cfg, tokenizer.pad_token_id, a.resume, run_key)
     val = {}
     if len(val_rows):
@@ -207,9 +208,20 @@ def cmd_winrates(a) -> None:
     p = a.params
     scores = pd.concat([io.read_parquet(f) for f in a.scores], ignore_index=True)
     table = winrate_table(scores, p["splits"], p["methods"], p["scorers"], p["n_boot"], p["seed"])
-    with io.atomic_path(a.out) as tmp:
-        table.to_csv(tmp, index=False, float_format="%.4f")
+    io.write_csv(table, a.out, io.provenance("winrates", p, {Path(f).stem: f for f in a.scores}))
     log.info("wrote %d rows to %s", len(table), a.out)
+
+
+def cmd_report(a) -> None:
+    """Validation metrics of every trained model, one row per model, from their manifests."""
+    rows = []
+    for path in a.models:
+        manifest = io.read_provenance(path)
+        rows.append({"model": Path(path).name, "stage": manifest["stage"],
+                     "train_examples": manifest.get("train_examples"), **manifest.get("validation", {})})
+    table = pd.DataFrame(rows)
+    log.info("validation metrics:\n%s", table.to_string(index=False))
+    io.write_csv(table, a.out, io.provenance("report", {}, {Path(m).name: Path(m) / io.MANIFEST for m in a.models}))
 
 
 # --------------------------------------------------------------------------- argument parsing
@@ -238,6 +250,7 @@ def _parser() -> argparse.ArgumentParser:
     stage("generate", cmd_generate, ("--policy",), ("--prompts",), ("--out",))
     stage("score", cmd_score, ("--prompts",), ("--oracle",), ("--policy",), ("--split",), ("--out",),
           ("--generations", {"default": None}))
+    stage("report", cmd_report, ("--models", {"nargs": "+", "required": True}), ("--out",))
     stage("winrates", cmd_winrates, ("--scores", {"nargs": "+", "required": True}), ("--out",))
     return ap
 

@@ -105,15 +105,29 @@ def write_parquet(df: pd.DataFrame, path: str | os.PathLike, prov: dict) -> None
         pq.write_table(table, tmp)
 
 
+def provenance_sidecar(path: str | os.PathLike) -> Path:
+    """Where a CSV's provenance lives: ``x.csv`` -> ``x.provenance.json``."""
+    return Path(path).with_suffix(".provenance.json")
+
+
+def write_csv(df: pd.DataFrame, path: str | os.PathLike, prov: dict) -> None:
+    """A CSV for people, its provenance in a JSON sidecar (CSV has no metadata slot)."""
+    write_json(prov, provenance_sidecar(path))
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.4f")
+
+
 def read_parquet(path: str | os.PathLike) -> pd.DataFrame:
     return pq.read_table(path).to_pandas()
 
 
 def read_provenance(path: str | os.PathLike) -> dict:
-    """Provenance of a Parquet file or of a directory with a manifest."""
+    """Provenance of a Parquet file, a CSV (sidecar) or a directory with a manifest."""
     path = Path(path)
     if path.is_dir():
         return json.loads((path / MANIFEST).read_text())
+    if path.suffix == ".csv":
+        return json.loads(provenance_sidecar(path).read_text())
     meta = pq.read_schema(path).metadata or {}
     return json.loads(meta[PROVENANCE_KEY])
 

@@ -8,6 +8,9 @@ so the facts of any text can be read back exactly (:func:`drdo.gold.extract_fact
 * TL;DR posts (reddit style filler) play ``openai/summarize_from_feedback`` and
   ``CarperAI/openai_summarize_tldr``; news articles (same facts, news style filler, more of
   both) play ``abisee/cnn_dailymail``, the out-of-distribution test.
+* SFT rows are the reference summaries of the compared train posts plus
+  ``n_sft_extra_posts`` SFT-only posts (the real TL;DR SFT set is also larger than the set
+  of compared posts).
 * The reference ("human") summary lists the facts in document order, joined by " and ", and
   with probability ``reference_omit_prob`` forgets one of them.
 * Comparison candidates come from simulated policies (``POLICIES``): faithful, omit,
@@ -42,6 +45,7 @@ SYNTHETIC_DEFAULTS = {
     "n_valid_posts": 150,
     "n_test_posts": 100,
     "n_news": 100,
+    "n_sft_extra_posts": 0,
     "pairs_per_post": 2,
     "facts_per_post": [2, 4],
     "filler_per_post": [2, 4],
@@ -77,7 +81,7 @@ NEWS_FILLER = (
     ("this week", "on tuesday", "according to sources", "in a brief statement"),
 )
 
-_STREAMS = {"train": 1, "valid": 2, "test": 3, "news": 4}
+_STREAMS = {"train": 1, "valid": 2, "test": 3, "news": 4, "sft": 5}
 _RANGE_KEYS = ("facts_per_post", "filler_per_post", "news_facts", "news_filler")
 _COUNT_KEYS = ("n_train_posts", "n_valid_posts", "n_test_posts", "n_news", "pairs_per_post")
 
@@ -105,6 +109,8 @@ def resolve_config(cfg: Mapping | None = None) -> dict:
     for key in _COUNT_KEYS:
         if not _is_int(c[key]) or c[key] < 1:
             raise ValueError(f"{key}: must be a positive integer, got {c[key]!r}")
+    if not _is_int(c["n_sft_extra_posts"]) or c["n_sft_extra_posts"] < 0:
+        raise ValueError(f"n_sft_extra_posts: must be a non-negative integer, got {c['n_sft_extra_posts']!r}")
     for key in _RANGE_KEYS:
         r = c[key]
         if not (isinstance(r, (list, tuple)) and len(r) == 2 and all(_is_int(v) for v in r)):
@@ -296,6 +302,11 @@ def generate_world(cfg: Mapping | None, out_dir: str | Path) -> dict:
                 comparisons += comp
                 gold += g
         sft[stream] = rows
+    # SFT-only posts (like the real TL;DR SFT set, larger than the compared posts): train rows
+    for i in range(c["n_sft_extra_posts"]):
+        _, p = _tldr_post(c, "sft", i)
+        sft["train"].append({"prompt": tldr_prompt(p["subreddit"], p["title"], p["post"]), "label": p["reference"]})
+        refs_omitted += p["omitted"]
     if len({row["info"]["id"] for row in comparisons}) != c["n_train_posts"] + c["n_valid_posts"]:
         raise RuntimeError("post id collision; change the seed")  # ~1e-7 chance
     news = [_news(c, i) for i in range(c["n_news"])]

@@ -21,6 +21,7 @@ if config["model"]["name_or_path"] == "tiny" and config["data"]["source"] != "hu
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 METHODS = config["align"]["methods"]
 SPLITS = config["align"]["splits"]
+MEMBERS = list(range(config["ensemble"]["size"]))
 POLICIES = ["sft"] + [f"{m}-{s}" for m in METHODS for s in SPLITS]
 ENV = "../../envs/drdo.yaml"
 
@@ -56,3 +57,44 @@ def raw_file(name):
     if not path:
         raise ValueError(f"config key data.files.{name} must be set when data.source is 'files'")
     return path
+
+
+# ---------------------------------------------------------------- per-rule parameters
+def oracle_params():
+    params = train_params("oracle")
+    if config["data"]["source"] == "synthetic":  # to report the Bayes-optimal accuracy
+        params["synthetic_labels"] = {
+            "gold": config["synthetic"].get("gold", {}),
+            "label_temperature": config["synthetic"].get("label_temperature", 0.25),
+        }
+    return as_json(params)
+
+
+def member_params(wildcards):
+    params = train_params("ensemble")
+    params["head_seed"] = params["head_seed"] + int(wildcards.member)
+    return as_json(params)
+
+
+def align_params(wildcards):
+    params = train_params("align.common", f"align.{wildcards.method}")
+    if wildcards.method == "edpo":
+        params["ensemble_size"] = config["ensemble"]["size"]
+    return as_json(params)
+
+
+def method_tables(wildcards):
+    """The precomputed tables a method reads: the only data difference between methods."""
+    return {
+        "drdo": [f"{OUT}/tables/oracle_rewards.parquet"],
+        "dpo": [f"{OUT}/tables/reference_logps.parquet"],
+        "edpo": [f"{OUT}/tables/reference_logps.parquet", f"{OUT}/tables/ensemble_rewards.parquet"],
+    }[wildcards.method]
+
+
+def policy_method(wildcards):
+    return wildcards.policy.split("-")[0]
+
+
+def policy_split(wildcards):
+    return wildcards.policy.split("-", 1)[1] if "-" in wildcards.policy else "-"

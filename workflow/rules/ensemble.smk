@@ -1,9 +1,3 @@
-def member_params(wildcards):
-    params = train_params("ensemble")
-    params["head_seed"] = params["head_seed"] + int(wildcards.member)
-    return as_json(params)
-
-
 rule reward_model:
     input:
         sft=f"{OUT}/models/sft",

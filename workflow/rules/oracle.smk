@@ -1,13 +1,3 @@
-def oracle_params():
-    params = train_params("oracle")
-    if config["data"]["source"] == "synthetic":  # to report the Bayes-optimal accuracy
-        params["synthetic_labels"] = {
-            "gold": config["synthetic"].get("gold", {}),
-            "label_temperature": config["synthetic"].get("label_temperature", 0.25),
-        }
-    return params
-
-
 rule oracle:
     input:
         sft=f"{OUT}/models/sft",
@@ -15,7 +5,7 @@ rule oracle:
     output:
         directory(f"{OUT}/models/oracle"),
     params:
-        cfg=as_json(oracle_params()),
+        cfg=oracle_params(),
         resume=f"{OUT}/.resume/oracle.pt",
     threads: config["threads"]
     log:

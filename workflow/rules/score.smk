@@ -1,10 +1,6 @@
 SCORE_PARAMS = as_json({**config["score"], "gold": config["synthetic"].get("gold", {})})
 
 
-def policy_split(policy):
-    return policy.split("-", 1)[1] if "-" in policy else "-"
-
-
 rule score_policy:
     input:
         generations=f"{OUT}/generations/{{policy}}.parquet",
@@ -14,8 +10,8 @@ rule score_policy:
         f"{OUT}/scores/{{policy}}.parquet",
     params:
         cfg=SCORE_PARAMS,
-        name=lambda wildcards: wildcards.policy.split("-")[0],
-        split=lambda wildcards: policy_split(wildcards.policy),
+        name=policy_method,
+        split=policy_split,
     threads: config["threads"]
     log:
         f"{OUT}/logs/score_{{policy}}.log",

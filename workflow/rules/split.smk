@@ -5,9 +5,10 @@ rule split:
     output:
         splits=expand(f"{OUT}/data/splits/{{split}}.parquet", split=["all", "hc_he", "lc_le"]),
         table5=f"{OUT}/data/table5.csv",
+        table5_provenance=f"{OUT}/data/table5.provenance.json",
     params:
         cfg=as_json(config["split"]),
-        out_dir=f"{OUT}/data/splits",
+        out_dir=lambda wildcards, output: os.path.dirname(output.splits[0]),
     log:
         f"{OUT}/logs/split.log",
     conda:

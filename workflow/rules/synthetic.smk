@@ -7,7 +7,7 @@ rule synthetic_world:
         news=f"{OUT}/raw/news_test.jsonl",
     params:
         cfg=as_json(config["synthetic"]),
-        out_dir=f"{OUT}/raw",
+        out_dir=lambda wildcards, output: os.path.dirname(output.comparisons),
     log:
         f"{OUT}/logs/synthetic_world.log",
     conda:

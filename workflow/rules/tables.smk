@@ -1,7 +1,6 @@
 # Precomputed per-pair values, keyed by pair_id (README: "Tables"), so neither the Oracle,
 # the ensemble nor the reference policy is in memory during alignment.
 TABLE_PARAMS = as_json({"max_length": config["train"]["max_length"], "batch_size": config["score"]["batch_size"]})
-MEMBERS = list(range(config["ensemble"]["size"]))
 
 
 rule oracle_table:

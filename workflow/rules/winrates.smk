@@ -2,7 +2,8 @@ rule winrates:
     input:
         scores=expand(f"{OUT}/scores/{{policy}}.parquet", policy=POLICIES + ["reference"]),
     output:
-        f"{OUT}/winrates.csv",
+        table=f"{OUT}/winrates.csv",
+        provenance=f"{OUT}/winrates.provenance.json",
     params:
         cfg=as_json({**config["winrates"], "splits": SPLITS, "methods": METHODS}),
     log:
@@ -10,4 +11,4 @@ rule winrates:
     conda:
         ENV
     shell:
-        "python -m drdo winrates --params {params.cfg:q} --scores {input.scores} --out {output} > {log} 2>&1"
+        "python -m drdo winrates --params {params.cfg:q} --scores {input.scores} --out {output.table} > {log} 2>&1"

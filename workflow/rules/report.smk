@@ -1,0 +1,14 @@
+rule validation_report:
+    input:
+        models=[f"{OUT}/models/oracle"]
+        + expand(f"{OUT}/models/rm{{member}}", member=MEMBERS)
+        + expand(f"{OUT}/models/{{policy}}", policy=POLICIES[1:]),
+    output:
+        table=f"{OUT}/validation.csv",
+        provenance=f"{OUT}/validation.provenance.json",
+    log:
+        f"{OUT}/logs/validation_report.log",
+    conda:
+        ENV
+    shell:
+        "python -m drdo report --models {input.models} --out {output.table} > {log} 2>&1"

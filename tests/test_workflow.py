@@ -25,7 +25,8 @@ def snakemake(workdir: Path, *args: str, override: str | None = None, check: boo
         configs.append(str(workdir / "override.yaml"))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--cores", "2", "--configfile", *configs, "--", *args]
+           "--cores", "2", *(a for a in args if a.startswith("-")), "--configfile", *configs,
+           "--", *(a for a in args if not a.startswith("-"))]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")

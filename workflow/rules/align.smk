@@ -8,7 +8,7 @@ rule align:
     params:
         cfg=align_params,
         resume=lambda wildcards: f"{OUT}/.resume/{wildcards.method}-{wildcards.split}.pt",
-    threads: config["threads"]
+    threads: config["threads"]["default"]
     log:
         f"{OUT}/logs/align_{{method}}-{{split}}.log",
     conda:

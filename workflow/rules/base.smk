@@ -6,7 +6,7 @@ rule base_model:
         directory(f"{OUT}/models/base"),
     params:
         cfg=as_json(config["model"]),
-    threads: config["threads"]
+    threads: config["threads"]["default"]
     log:
         f"{OUT}/logs/base_model.log",
     conda:

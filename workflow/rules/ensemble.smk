@@ -7,7 +7,7 @@ rule reward_model:
     params:
         cfg=member_params,
         resume=lambda wildcards: f"{OUT}/.resume/rm{wildcards.member}.pt",
-    threads: config["threads"]
+    threads: config["threads"]["default"]
     log:
         f"{OUT}/logs/reward_model_{{member}}.log",
     conda:

@@ -6,7 +6,7 @@ rule generate:
         f"{OUT}/generations/{{policy}}.parquet",
     params:
         cfg=as_json(config["generate"]),
-    threads: config["threads"]
+    threads: config["threads"]["default"]
     log:
         f"{OUT}/logs/generate_{{policy}}.log",
     conda:

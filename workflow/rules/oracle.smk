@@ -7,7 +7,7 @@ rule oracle:
     params:
         cfg=oracle_params(),
         resume=f"{OUT}/.resume/oracle.pt",
-    threads: config["threads"]
+    threads: config["threads"]["default"]
     log:
         f"{OUT}/logs/oracle.log",
     conda:

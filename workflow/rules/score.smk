@@ -12,7 +12,7 @@ rule score_policy:
         cfg=SCORE_PARAMS,
         name=policy_method,
         split=policy_split,
-    threads: config["threads"]
+    threads: config["threads"]["default"]
     log:
         f"{OUT}/logs/score_{{policy}}.log",
     conda:
@@ -31,7 +31,7 @@ rule score_reference:
         f"{OUT}/scores/reference.parquet",
     params:
         cfg=SCORE_PARAMS,
-    threads: config["threads"]
+    threads: config["threads"]["default"]
     log:
         f"{OUT}/logs/score_reference.log",
     conda:

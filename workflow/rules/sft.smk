@@ -7,7 +7,7 @@ rule sft:
     params:
         cfg=as_json(train_params("sft")),
         resume=f"{OUT}/.resume/sft.pt",
-    threads: config["threads"]
+    threads: config["threads"]["sft"]
     log:
         f"{OUT}/logs/sft.log",
     conda:

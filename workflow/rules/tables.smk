@@ -11,7 +11,7 @@ rule oracle_table:
         f"{OUT}/tables/oracle_rewards.parquet",
     params:
         cfg=TABLE_PARAMS,
-    threads: config["threads"]
+    threads: config["threads"]["default"]
     log:
         f"{OUT}/logs/oracle_table.log",
     conda:
@@ -30,7 +30,7 @@ rule ensemble_table:
     params:
         cfg=TABLE_PARAMS,
         models=lambda wildcards, input: " ".join(f"--model rm{i}={m}" for i, m in enumerate(input.members)),
-    threads: config["threads"]
+    threads: config["threads"]["default"]
     log:
         f"{OUT}/logs/ensemble_table.log",
     conda:
@@ -48,7 +48,7 @@ rule reference_table:
         f"{OUT}/tables/reference_logps.parquet",
     params:
         cfg=TABLE_PARAMS,
-    threads: config["threads"]
+    threads: config["threads"]["default"]
     log:
         f"{OUT}/logs/reference_table.log",
     conda:

@@ -37,3 +37,18 @@ def test_failed_stage_leaves_no_output(tmp_path):
         main(["winrates", "--params", json.dumps(params), "--scores", str(tmp_path / "drdo.parquet"),
               "--out", str(out)])
     assert not out.exists() and not io.provenance_sidecar(out).exists()
+
+
+def test_gold_table_and_gold_teacher_columns(tmp_path):
+    from drdo import objectives
+
+    pairs = pd.DataFrame({"pair_id": ["a"], "document": ["we argued. alice borrowed the car."],
+                          "chosen": ["alice borrowed the car."], "rejected": ["bob sold the dog."]})
+    io.write_parquet(pairs, tmp_path / "pairs.parquet", {})
+    main(["gold-table", "--params", json.dumps({"gold": {}}), "--pairs", str(tmp_path / "pairs.parquet"),
+          "--out", str(tmp_path / "gold.parquet")])
+    table = io.read_parquet(tmp_path / "gold.parquet")
+    assert table.to_dict("records") == [{"pair_id": "a", "gold_chosen": 1.0, "gold_rejected": -0.5}]
+    drdo = {"alpha": 0.1, "gamma": 2.0, "student_reward": "head", "logp_agg": "sum"}
+    assert objectives.build("drdo", drdo).columns == ("oracle_chosen", "oracle_rejected")
+    assert objectives.build("drdo", {**drdo, "teacher": "gold"}).columns == ("gold_chosen", "gold_rejected")

@@ -174,6 +174,16 @@ def cmd_table(a) -> None:
     io.write_parquet(table, a.out, io.provenance("table", {**a.params, "value": a.value}, inputs))
 
 
+def cmd_gold_table(a) -> None:
+    """The synthetic world's gold reward of every chosen and rejected response (a diagnostic
+    teacher for DRDO: what distillation does with a perfect Oracle)."""
+    pairs = io.read_parquet(a.pairs)
+    table = pairs[["pair_id"]].assign(
+        gold_chosen=gold.gold_rewards(pairs["document"], pairs["chosen"], a.params["gold"]),
+        gold_rejected=gold.gold_rewards(pairs["document"], pairs["rejected"], a.params["gold"]))
+    io.write_parquet(table, a.out, io.provenance("gold_table", a.params, {"pairs": a.pairs}))
+
+
 def cmd_generate(a) -> None:
     p = a.params
     prompts = io.read_parquet(a.prompts)
@@ -247,6 +257,7 @@ def _parser() -> argparse.ArgumentParser:
           ("--resume", {"default": None}))
     stage("table", cmd_table, ("--pairs",), ("--model", {"action": "append", "required": True}),
           ("--value", {"required": True, "choices": ["reward", "logp"]}), ("--out",))
+    stage("gold-table", cmd_gold_table, ("--pairs",), ("--out",))
     stage("generate", cmd_generate, ("--policy",), ("--prompts",), ("--out",))
     stage("score", cmd_score, ("--prompts",), ("--oracle",), ("--policy",), ("--split",), ("--out",),
           ("--generations", {"default": None}))

@@ -75,6 +75,7 @@ def build(name: str, p: dict) -> Objective:
 
         return Objective("edpo", True, False, ref_cols + rm_cols, loss)
     if name == "drdo":
+        teacher = p.get("teacher", "oracle")  # "gold": the synthetic world's true reward (diagnostic)
         student_reward = p["student_reward"]
         if student_reward not in ("head", "logprob"):
             raise ValueError(f"drdo.student_reward must be 'head' or 'logprob', got {student_reward!r}")
@@ -82,8 +83,8 @@ def build(name: str, p: dict) -> Objective:
         def loss(out, t):
             z_w, z_l = _aggregate(out, "w", p["logp_agg"]), _aggregate(out, "l", p["logp_agg"])
             rhat_w, rhat_l = (out["r_w"], out["r_l"]) if student_reward == "head" else (z_w, z_l)
-            return losses.drdo_loss(z_w, z_l, rhat_w, rhat_l, t["oracle_chosen"], t["oracle_rejected"],
+            return losses.drdo_loss(z_w, z_l, rhat_w, rhat_l, t[f"{teacher}_chosen"], t[f"{teacher}_rejected"],
                                     p["alpha"], p["gamma"])
 
-        return Objective("drdo", True, student_reward == "head", ("oracle_chosen", "oracle_rejected"), loss)
+        return Objective("drdo", True, student_reward == "head", (f"{teacher}_chosen", f"{teacher}_rejected"), loss)
     raise ValueError(f"unknown objective {name!r}; expected one of {OBJECTIVES}")

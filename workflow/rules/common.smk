@@ -17,7 +17,7 @@ validate(config, schema="../schemas/config.schema.yaml")
 
 OUT = config["out_dir"].rstrip("/")
 # The default never needs a hub; a failed hub look-up would only cost ~50 s of retries.
-if config["model"]["name_or_path"] == "tiny" and config["data"]["source"] != "hub":
+if config["model"]["name_or_path"] == "tiny":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 METHODS = config["align"]["methods"]
 SPLITS = config["align"]["splits"]
@@ -47,6 +47,10 @@ def train_params(*sections):
             node = node[key]
         params.update(node)
     return params
+
+
+if config["align"]["drdo"]["teacher"] == "gold" and config["data"]["source"] != "synthetic":
+    raise ValueError("config key align.drdo.teacher: 'gold' exists only for data.source: synthetic")
 
 
 def raw_file(name):
@@ -86,7 +90,7 @@ def align_params(wildcards):
 def method_tables(wildcards):
     """The precomputed tables a method reads: the only data difference between methods."""
     return {
-        "drdo": [f"{OUT}/tables/oracle_rewards.parquet"],
+        "drdo": [f"{OUT}/tables/{config['align']['drdo']['teacher']}_rewards.parquet"],
         "dpo": [f"{OUT}/tables/reference_logps.parquet"],
         "edpo": [f"{OUT}/tables/reference_logps.parquet", f"{OUT}/tables/ensemble_rewards.parquet"],
     }[wildcards.method]

@@ -40,6 +40,21 @@ rule ensemble_table:
         " {params.models} --value reward --out {output} > {log} 2>&1"
 
 
+rule gold_table:
+    input:
+        pairs=f"{OUT}/data/splits/all.parquet",
+    output:
+        f"{OUT}/tables/gold_rewards.parquet",
+    params:
+        cfg=as_json({"gold": config["synthetic"].get("gold", {})}),
+    log:
+        f"{OUT}/logs/gold_table.log",
+    conda:
+        ENV
+    shell:
+        "python -m drdo gold-table --params {params.cfg:q} --pairs {input.pairs} --out {output} > {log} 2>&1"
+
+
 rule reference_table:
     input:
         pairs=f"{OUT}/data/splits/all.parquet",

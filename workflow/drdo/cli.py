@@ -20,12 +20,12 @@ import torch
 
 from . import gold, io, objectives
 from .base_model import build_base
+from .batching import encode
 from .data import loaders, splits
 from .generation import generate
 from .modeling import LMWithRewardHead, load_causal_lm, load_tokenizer
 from .scoring import score
 from .trainer import Example, TrainConfig, evaluate, train
-from .batching import encode
 from .winrates import winrate_table
 
 log = logging.getLogger("drdo")

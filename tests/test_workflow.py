@@ -103,3 +103,25 @@ def test_bad_config_stops_before_any_job(tmp_path):
     assert proc.returncode != 0
     assert "gamma" in proc.stdout + proc.stderr
     assert not (tmp_path / OUT).exists()
+
+
+def test_user_files_in_the_real_schemas(workdir):
+    """data.source: files reads local files in the real datasets' schemas (here the e2e world's)."""
+    raw = workdir / OUT / "raw"
+    override = f"""out_dir: results/e2e-files
+data:
+  source: files
+  files: {{comparisons: {raw}/comparisons.jsonl, sft_train: {raw}/sft_train.jsonl,
+           sft_test: {raw}/sft_test.jsonl, news: {raw}/news_test.jsonl}}
+winrates: {{scorers: [oracle]}}
+"""
+    proc = snakemake(workdir, "-n", "results/e2e-files/winrates.csv", override=override)
+    jobs = planned_jobs(proc)
+    assert "synthetic_world" not in jobs and jobs["normalise"] == 1
+    snakemake(workdir, "results/e2e-files/data/table5.csv", override=override)
+    # the same raw files through the files path give the same splits as the synthetic path
+    pd.testing.assert_frame_equal(pd.read_csv(workdir / "results/e2e-files/data/table5.csv"),
+                                  pd.read_csv(workdir / OUT / "data" / "table5.csv"))
+    bad = snakemake(workdir, "-n", "results/e2e-files/winrates.csv", override=override.replace("[oracle]", "[oracle, gold]"),
+                    check=False)
+    assert bad.returncode != 0 and "winrates.scorers" in bad.stdout + bad.stderr

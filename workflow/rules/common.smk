@@ -49,14 +49,22 @@ def train_params(*sections):
     return params
 
 
-if config["align"]["drdo"]["teacher"] == "gold" and config["data"]["source"] != "synthetic":
-    raise ValueError("config key align.drdo.teacher: 'gold' exists only for data.source: synthetic")
+# The gold reward reads the synthetic world's facts; real text has none.
+if config["data"]["source"] != "synthetic":
+    if config["align"]["drdo"]["teacher"] == "gold":
+        raise ValueError("config key align.drdo.teacher: 'gold' exists only for data.source: synthetic")
+    if "gold" in config["winrates"]["scorers"]:
+        raise ValueError("config key winrates.scorers: 'gold' exists only for data.source: synthetic")
+
+
+SYNTHETIC_FILES = {"comparisons": "comparisons.jsonl", "sft_train": "sft_train.jsonl",
+                   "sft_test": "sft_test.jsonl", "news": "news_test.jsonl"}
 
 
 def raw_file(name):
     """A raw input: written by the synthetic world, or a user file from data.files."""
     if config["data"]["source"] == "synthetic":
-        return f"{OUT}/raw/{name}.jsonl"
+        return f"{OUT}/raw/{SYNTHETIC_FILES[name]}"
     path = config["data"].get("files", {}).get(name)
     if not path:
         raise ValueError(f"config key data.files.{name} must be set when data.source is 'files'")

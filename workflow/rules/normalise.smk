@@ -3,7 +3,7 @@ rule normalise:
         comparisons=raw_file("comparisons"),
         sft_train=raw_file("sft_train"),
         sft_test=raw_file("sft_test"),
-        news=raw_file("news") if config["data"]["source"] == "files" else f"{OUT}/raw/news_test.jsonl",
+        news=raw_file("news"),
     output:
         pairs=f"{OUT}/data/pairs.parquet",
         sft=f"{OUT}/data/sft.parquet",

@@ -269,3 +269,22 @@ def test_score_batched_equals_one_by_one(tok, head_model):
         assert batched["logp"][i] == pytest.approx(one["logp"][0], rel=1e-4, abs=1e-4)
         assert batched["ntok"][i] == len(_ids(tok, " " + r)) + 1
     assert (batched["logp"] < 0).all()
+
+
+def test_build_base_takes_a_local_model_directory(tok, tmp_path):
+    from drdo.base_model import build_base
+
+    lm = tiny_llama(tok, ARCH, seed=3)
+    lm.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    model, tokenizer = build_base({"name_or_path": str(tmp_path), "dtype": "float32"}, texts=[])
+    assert tokenizer.get_vocab() == tok.get_vocab()
+    for k, v in lm.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[k], v)
+    # the tiny default trains a tokenizer on the given texts and seeds the weights
+    params = {"name_or_path": "tiny", "vocab_size": 300, "seed": 0, "dtype": "float32", "tiny": ARCH}
+    a, tok_a = build_base(params, TEXTS)
+    b, _ = build_base(params, TEXTS)
+    assert len(tok_a) <= 300 and tok_a.eos_token == "<|eos|>"
+    for k, v in a.state_dict().items():
+        torch.testing.assert_close(b.state_dict()[k], v, rtol=0, atol=0)

@@ -153,6 +153,8 @@ def test_defaults_and_cli(tmp_path, capsys):
     stats = json.loads(capsys.readouterr().out)
     assert stats["n_comparisons"] == {"train": 80, "valid1": 20}
     assert all((tmp_path / name).exists() for name in FILES)
+    prov = json.loads((tmp_path / "provenance.json").read_text())
+    assert prov["stage"] == "synthetic" and prov["config"] == SMALL and prov["stats"] == stats
 
 
 def test_sft_extra_posts_extend_only_the_sft_train_rows(tmp_path):

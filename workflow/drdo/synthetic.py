@@ -36,7 +36,7 @@ import numpy as np
 
 from drdo.gold import (OBJECTS, SUBJECTS, VERBS, Fact, _reward, bayes_optimal_accuracy,
                        preference_probability, render_fact, resolve_gold_params)
-from drdo.io import write_jsonl
+from drdo.io import provenance, write_json, write_jsonl
 from drdo.prompts import tldr_prompt
 
 SYNTHETIC_DEFAULTS = {
@@ -339,7 +339,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--config-json", default="{}", help="synthetic config as JSON (defaults: SYNTHETIC_DEFAULTS)")
     ap.add_argument("--out-dir", required=True)
     args = ap.parse_args(argv)
-    stats = generate_world(json.loads(args.config_json), args.out_dir)
+    cfg = json.loads(args.config_json)
+    stats = generate_world(cfg, args.out_dir)
+    # JSON lines have no metadata slot: the world's provenance and statistics sit beside them
+    write_json({**provenance("synthetic", cfg), "stats": stats}, Path(args.out_dir) / "provenance.json")
     print(json.dumps(stats, indent=2, sort_keys=True))
     print(f"synthetic world written to {args.out_dir}", file=sys.stderr)
     return 0

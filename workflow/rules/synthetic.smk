@@ -5,6 +5,7 @@ rule synthetic_world:
         sft_valid=f"{OUT}/raw/sft_valid.jsonl",
         sft_test=f"{OUT}/raw/sft_test.jsonl",
         news=f"{OUT}/raw/news_test.jsonl",
+        provenance=f"{OUT}/raw/provenance.json",
     params:
         cfg=as_json(config["synthetic"]),
         out_dir=lambda wildcards, output: os.path.dirname(output.comparisons),

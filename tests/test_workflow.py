@@ -85,6 +85,9 @@ def test_artifacts_record_provenance(workdir):
 
 def test_second_run_does_nothing(workdir):
     assert planned_jobs(snakemake(workdir, "-n", f"{OUT}/winrates.csv")) == {}
+    # the same through the local profile
+    profile = str(REPO / "workflow" / "profiles" / "local")
+    assert planned_jobs(snakemake(workdir, "-n", f"--profile={profile}", f"{OUT}/winrates.csv")) == {}
 
 
 def test_gamma_change_reruns_only_drdo(workdir):

@@ -22,6 +22,7 @@ if config["model"]["name_or_path"] == "tiny":
 METHODS = config["align"]["methods"]
 SPLITS = config["align"]["splits"]
 MEMBERS = list(range(config["ensemble"]["size"]))
+GOLD = config["synthetic"].get("gold", {})  # gold-reward parameters of the synthetic world
 POLICIES = ["sft"] + [f"{m}-{s}" for m in METHODS for s in SPLITS]
 ENV = "../../envs/drdo.yaml"
 
@@ -76,7 +77,7 @@ def oracle_params():
     params = train_params("oracle")
     if config["data"]["source"] == "synthetic":  # to report the Bayes-optimal accuracy
         params["synthetic_labels"] = {
-            "gold": config["synthetic"].get("gold", {}),
+            "gold": GOLD,
             "label_temperature": config["synthetic"].get("label_temperature", 0.25),
         }
     return as_json(params)

@@ -1,4 +1,4 @@
-SCORE_PARAMS = as_json({**config["score"], "gold": config["synthetic"].get("gold", {})})
+SCORE_PARAMS = as_json({**config["score"], "gold": GOLD})
 
 
 rule score_policy:

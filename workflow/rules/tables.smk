@@ -46,7 +46,7 @@ rule gold_table:
     output:
         f"{OUT}/tables/gold_rewards.parquet",
     params:
-        cfg=as_json({"gold": config["synthetic"].get("gold", {})}),
+        cfg=as_json({"gold": GOLD}),
     log:
         f"{OUT}/logs/gold_table.log",
     conda:

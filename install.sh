@@ -7,4 +7,6 @@ python3 -m venv .venv
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 python -m pip install -q torch==2.13.0
+# DeepSpeed's build imports torch: build it against the torch above, not an isolated (CUDA) one
+python -m pip install -q --no-build-isolation 'deepspeed>=0.16' ninja
 python -m pip install -q -e '.[test]'

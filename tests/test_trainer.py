@@ -4,6 +4,9 @@ Tiny offline models only (a BPE tokenizer trained on a few sentences, a 1-layer 
 """
 
 import dataclasses
+import json
+import shutil
+
 import pytest
 import torch
 
@@ -11,7 +14,7 @@ from drdo import objectives
 from drdo.base_model import tiny_llama, train_tokenizer
 from drdo.batching import encode
 from drdo.modeling import LMWithRewardHead
-from drdo.trainer import Example, TrainConfig, collate, evaluate, forward, train
+from drdo.trainer import RESUME_META, Example, TrainConfig, collate, evaluate, forward, train
 
 ARCH = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
         "num_key_value_heads": 2, "max_position_embeddings": 64}
@@ -78,24 +81,24 @@ def _assert_same_params(a, b):
 
 @pytest.fixture(scope="module")
 def crashed_state(tok, pairs, tmp_path_factory):
-    """The resume file a job killed during step 5 leaves behind (last saved at step 4)."""
-    resume = tmp_path_factory.mktemp("crash") / "resume" / "drdo.pt"
+    """The resume folder a job killed during step 5 leaves behind (last saved at step 4)."""
+    resume = tmp_path_factory.mktemp("crash") / "resume" / "drdo"
     objective = objectives.build("drdo", DRDO_PARAMS)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(_student(tok), pairs, _crashing(objective, after_calls=4), CFG, tok.pad_token_id,
               resume_path=resume, run_key=RUN_KEY)
-    assert resume.exists()
+    assert (resume / RESUME_META).exists()
     assert not resume.with_name(resume.name + ".tmp").exists()
-    return resume.read_bytes()
+    return resume
 
 
 def test_resume_after_crash_is_exact(tok, pairs, uninterrupted, crashed_state, tmp_path):
     ref_model, ref_history = uninterrupted
     assert len(ref_history) == 6
-    resume = tmp_path / "drdo.pt"
-    resume.write_bytes(crashed_state)
-    state = torch.load(resume, weights_only=False)
-    assert state["step"] == 4 and len(state["history"]) == 4
+    resume = tmp_path / "drdo"
+    shutil.copytree(crashed_state, resume)
+    meta = json.loads((resume / RESUME_META).read_text())
+    assert meta["step"] == 4 and len(meta["history"]) == 4
 
     # a new process: a freshly initialised model, the same arguments
     model = _student(tok)
@@ -113,8 +116,8 @@ def test_resume_after_crash_is_exact(tok, pairs, uninterrupted, crashed_state, t
 
 def test_resume_state_of_another_run_is_ignored(tok, pairs, uninterrupted, crashed_state, tmp_path):
     ref_model, _ = uninterrupted
-    resume = tmp_path / "drdo.pt"
-    resume.write_bytes(crashed_state)  # saved under RUN_KEY; this run has another key
+    resume = tmp_path / "drdo"
+    shutil.copytree(crashed_state, resume)  # saved under RUN_KEY; this run has another key
     model = _student(tok)
     history = train(model, pairs, objectives.build("drdo", DRDO_PARAMS), CFG, tok.pad_token_id,
                     resume_path=resume, run_key={**RUN_KEY, "seed_of_something_else": 1})
@@ -163,7 +166,7 @@ def test_evaluate_oracle_reward_acc(tok, pairs):
     assert m1["loss"] == pytest.approx(whole["loss"], rel=1e-5)
     # and equal to the accuracy computed by hand from the rewards
     with torch.no_grad():
-        out = forward(model, collate(pairs, tok.pad_token_id, paired=True), paired=True)
+        out = forward(model, collate(pairs, tok.pad_token_id, paired=True), objective)
     assert whole["reward_acc"] == pytest.approx((out["r_w"] > out["r_l"]).float().mean().item())
 
 

@@ -25,7 +25,7 @@ from .data import loaders, splits
 from .generation import generate
 from .modeling import LMWithRewardHead, load_causal_lm, load_tokenizer
 from .scoring import score
-from .trainer import Example, TrainConfig, evaluate, train
+from .trainer import Example, TrainConfig, evaluate, make_accelerator, train
 from .winrates import winrate_table
 
 log = logging.getLogger("drdo")
@@ -83,11 +83,14 @@ def cmd_split(a) -> None:
 def cmd_train(a) -> None:
     p = a.params
     objective = objectives.build(a.objective, p)
+    cfg = TrainConfig.from_params(p)
+    acc = make_accelerator(cfg)  # before any model: sets up the process group under a launcher
     tokenizer = load_tokenizer(a.init)
+    # fp32 master weights whatever train.dtype says (it is the compute dtype: autocast / DeepSpeed bf16)
     if objective.reward_head:
-        model = LMWithRewardHead.from_pretrained(a.init, head_seed=p.get("head_seed", 0), dtype=p["dtype"])
+        model = LMWithRewardHead.from_pretrained(a.init, head_seed=p.get("head_seed", 0))
     else:
-        model = load_causal_lm(a.init, p["dtype"])
+        model = load_causal_lm(a.init)
     data = io.read_parquet(a.data)
     for table in a.tables:
         data = _join_table(data, table, objective.columns)
@@ -99,11 +102,13 @@ def cmd_train(a) -> None:
     train_ex = to_examples(train_rows)
     if not train_ex:
         raise ValueError(f"{a.data}: no training rows")
-    cfg = TrainConfig.from_params(p)
     # a resume state is only valid for the very same inputs (content, not just paths)
     run_key = {"objective": a.objective, "params": p,
                "inputs": {path: io.file_hash(path) for path in (a.init, a.data, *a.tables)}}
-    history = train(model, train_ex, objective, cfg, tokenizer.pad_token_id, a.resume, run_key)
+    history = train(model, train_ex, objective, cfg, tokenizer.pad_token_id, a.resume, run_key, acc)
+    if not acc.is_main_process:  # rank 0 alone evaluates and writes, after every rank has finished
+        return
+    model = acc.unwrap_model(model)
     val = {}
     if len(val_rows):
         val = evaluate(model, to_examples(val_rows), objective, tokenizer.pad_token_id, p["eval_batch_size"])

@@ -40,8 +40,9 @@ def _aggregate(out: dict, side: str, agg: str) -> torch.Tensor:
 
 
 def _sft(out, _):
-    # token-mean NLL over the batch's response tokens
-    nll = -out["logp"].sum() / out["ntok"].sum()
+    # token-mean NLL over the batch's response tokens; ``ntok_norm`` is the global batch's token
+    # count per rank, so N ranks (whose gradients are averaged) reproduce one process exactly
+    nll = -out["logp"].sum() / out["ntok_norm"]
     return nll, {"nll": nll.detach()}
 
 

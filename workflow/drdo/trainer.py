@@ -1,30 +1,42 @@
-"""One training loop for every objective (SFT, Oracle, ensemble RMs, DPO, e-DPO, DRDO).
+"""One training loop for every objective (SFT, Oracle, ensemble RMs, DPO, e-DPO, DRDO), on
+one CPU, one GPU or N processes (DDP or DeepSpeed ZeRO-2) through ``accelerate``.
 
 AdamW (no decay on biases and norms), linear warm-up then cosine decay, gradient
 accumulation, gradient clipping, a seed. Chosen and rejected go through one concatenated
-forward pass. The sample order is a pure function of (seed, step), so a job killed midway
-resumes from its last saved state and finishes exactly as an uninterrupted one would.
+forward pass. The sample order is a pure function of (seed, step) and each global batch is
+cut into equal per-rank shards, so N processes with micro-batch b/N reproduce one process
+with batch b. A job killed midway resumes from its last saved state (``accelerate``'s
+``save_state``: weights, optimizer, scheduler and every RNG, CUDA included) and finishes
+exactly as an uninterrupted one would.
+
+Mixed precision: ``dtype: bfloat16`` means bf16 compute with fp32 master weights and fp32
+AdamW states (autocast, or DeepSpeed's bf16 optimizer), never bf16 optimizer states.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
+import shutil
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import Accelerator, DataLoaderConfiguration, DeepSpeedPlugin
+from accelerate.utils import InitProcessGroupKwargs
 from transformers import get_cosine_schedule_with_warmup
 
 from .batching import Encoded, pad_batch
 from .io import config_hash
-from .modeling import LMWithRewardHead, response_logps
+from .modeling import response_logps
 from .objectives import Objective
 
 log = logging.getLogger("drdo.train")
+RESUME_META = "drdo_resume.json"
 
 
 @dataclass
@@ -36,7 +48,7 @@ class Example:
 @dataclass
 class TrainConfig:
     lr: float
-    batch_size: int
+    batch_size: int  # global: pairs (or sequences) per micro-step over all ranks together
     grad_accum: int = 1
     epochs: float = 1.0
     max_steps: int | None = None
@@ -45,6 +57,9 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     seed: int = 0
     save_every: int = 0  # resume-state interval in optimizer steps; 0 = never
+    dtype: str = "float32"  # compute dtype; master weights and optimizer states stay fp32
+    gradient_checkpointing: bool = False
+    deepspeed: str | None = None  # DeepSpeed JSON (e.g. config/deepspeed/zero2.json); None = DDP
 
     @classmethod
     def from_params(cls, p: dict) -> "TrainConfig":
@@ -56,6 +71,33 @@ class TrainConfig:
         return max(1, math.ceil(self.epochs * n_examples / (self.batch_size * self.grad_accum)))
 
 
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    """The process's Accelerator: single process, DDP or DeepSpeed, as launched (``drdo.launch``)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # set by the launcher
+    # without CUDA, N ranks talk over gloo (accelerate would otherwise assume a single process)
+    handlers = [InitProcessGroupKwargs(backend="gloo")] if world > 1 and not torch.cuda.is_available() else []
+    plugin = None
+    if cfg.deepspeed and world > 1:  # ZeRO shards over ranks: nothing to gain on one process
+        ds = json.loads(Path(cfg.deepspeed).read_text())
+        # the batch values accelerate would otherwise infer from a DataLoader, which we do not use
+        ds.update(train_micro_batch_size_per_gpu=_micro_batch(cfg.batch_size, world),
+                  gradient_accumulation_steps=cfg.grad_accum, train_batch_size=cfg.batch_size * cfg.grad_accum,
+                  gradient_clipping=cfg.max_grad_norm, bf16={"enabled": cfg.dtype == "bfloat16"})
+        plugin = DeepSpeedPlugin(hf_ds_config=ds)
+    return Accelerator(mixed_precision="bf16" if cfg.dtype == "bfloat16" else "no",
+                       gradient_accumulation_steps=cfg.grad_accum, deepspeed_plugin=plugin,
+                       kwargs_handlers=handlers, cpu=not torch.cuda.is_available() and plugin is None,
+                       # we shard each global batch ourselves: step the LR schedule once per optimizer step
+                       dataloader_config=DataLoaderConfiguration(split_batches=True))
+
+
+def _micro_batch(batch_size: int, world: int) -> int:
+    if batch_size % world:
+        raise ValueError(f"config key train.batch_size ({batch_size}) must be divisible by the number "
+                         f"of processes ({world}: the job's resources.gpu)")
+    return batch_size // world
+
+
 def collate(examples: list[Example], pad_id: int, paired: bool) -> dict:
     """Pad a batch; pairs become one [chosen..., rejected...] batch of 2B rows."""
     seqs = [e.seqs[0] for e in examples] + ([e.seqs[1] for e in examples] if paired else [])
@@ -65,15 +107,20 @@ def collate(examples: list[Example], pad_id: int, paired: bool) -> dict:
     return batch
 
 
-def forward(model, batch: dict, paired: bool) -> dict:
+def _to(batch: dict, device) -> dict:
+    return {k: _to(v, device) if isinstance(v, dict) else v.to(device) for k, v in batch.items()}
+
+
+def forward(model, batch: dict, objective: Objective) -> dict:
+    """Response log-probs (and rewards) of a collated batch; ``model`` may be wrapped (DDP/DeepSpeed)."""
     ids, attn = batch["input_ids"], batch["attention_mask"]
-    if isinstance(model, LMWithRewardHead):
+    if objective.reward_head:
         logits, rewards = model(ids, attn)
     else:
         logits, rewards = model(input_ids=ids, attention_mask=attn).logits, None
     logp, ntok = response_logps(logits, ids, batch["loss_mask"])
-    if not paired:
-        return {"logp": logp, "ntok": ntok}
+    if not objective.paired:
+        return {"logp": logp, "ntok": ntok, "ntok_norm": batch.get("ntok_norm", ntok.sum())}
     b = ids.shape[0] // 2
     out = {"logp_w": logp[:b], "logp_l": logp[b:], "ntok_w": ntok[:b], "ntok_l": ntok[b:]}
     if rewards is not None:
@@ -95,74 +142,107 @@ def _optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
                               {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
 
 
-def _save_resume(path: Path, state: dict) -> None:
+def _hf_model(model):
+    return getattr(model, "lm", model)  # LMWithRewardHead keeps the Hugging Face model as .lm
+
+
+def _save_resume(acc: Accelerator, path: Path, meta: dict) -> None:
+    """Every rank writes its part under ``path``.tmp; rank 0 swaps it in once all are done."""
     tmp = path.with_name(path.name + ".tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    if acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    acc.wait_for_everyone()
+    acc.save_state(str(tmp), safe_serialization=False)  # tied embeddings: no safetensors
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        (tmp / RESUME_META).write_text(json.dumps(meta))
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+    acc.wait_for_everyone()
+
+
+def _load_resume(acc: Accelerator, path: Path | None, key: str) -> dict | None:
+    meta_file = path / RESUME_META if path else None
+    if not meta_file or not meta_file.exists():
+        return None
+    meta = json.loads(meta_file.read_text())
+    if meta["key"] != key:
+        log.info("ignoring stale resume state %s (different run)", path)
+        return None
+    acc.load_state(str(path))
+    return meta
 
 
 def train(model, examples: list[Example], objective: Objective, cfg: TrainConfig, pad_id: int,
-          resume_path: str | os.PathLike | None = None, run_key: dict | None = None) -> list[dict]:
-    """Train in place; return one metrics dict per optimizer step.
+          resume_path: str | os.PathLike | None = None, run_key: dict | None = None,
+          accelerator: Accelerator | None = None) -> list[dict]:
+    """Train ``model`` in place; return one metrics dict per optimizer step (the same on every rank).
 
-    ``resume_path`` (outside the job's outputs, so a failed job keeps it) holds the state
-    of the last ``save_every`` step; it is used only if ``run_key`` (everything the run
+    ``resume_path`` (a directory outside the job's outputs, so a failed job keeps it) holds the
+    state of the last ``save_every`` step; it is used only if ``run_key`` (everything the run
     depends on) hashes the same, and deleted when training completes.
     """
+    acc = accelerator or make_accelerator(cfg)
+    rank, world = acc.process_index, acc.num_processes
+    micro = _micro_batch(cfg.batch_size, world)
     torch.manual_seed(cfg.seed)
     steps = cfg.total_steps(len(examples))
     per_step = cfg.batch_size * cfg.grad_accum
     order = _sample_order(len(examples), steps * per_step, cfg.seed)
+    if cfg.gradient_checkpointing:
+        _hf_model(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     opt = _optimizer(model, cfg)
     sched = get_cosine_schedule_with_warmup(opt, cfg.warmup_steps, steps)
-    key = config_hash({"run": run_key, "train": cfg.__dict__, "n": len(examples)})
-    history: list[dict] = []
-    start = 0
+    wrapped, opt, sched = acc.prepare(model, opt, sched)
+    key = config_hash({"run": run_key, "train": cfg.__dict__, "n": len(examples), "world": world})
     resume_path = Path(resume_path) if resume_path else None
-    if resume_path and resume_path.exists():
-        state = torch.load(resume_path, weights_only=False)
-        if state["key"] == key:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            start, history = state["step"], state["history"]
-            torch.set_rng_state(state["torch_rng"])
-            log.info("resumed from %s at step %d/%d", resume_path, start, steps)
-        else:
-            log.info("ignoring stale resume state %s (different run)", resume_path)
+    meta = _load_resume(acc, resume_path, key)
+    start, history = (meta["step"], meta["history"]) if meta else (0, [])
+    if meta:
+        log.info("resumed from %s at step %d/%d", resume_path, start, steps)
 
-    log.info("%s: %d examples, %d steps of %d (batch %d x accum %d)", objective.name, len(examples),
-             steps, per_step, cfg.batch_size, cfg.grad_accum)
-    model.train()
+    log.info("%s: %d examples, %d steps of %d (batch %d x accum %d), world size %d, %s on %s",
+             objective.name, len(examples), steps, per_step, cfg.batch_size, cfg.grad_accum, world,
+             acc.distributed_type.value, acc.device)
+    wrapped.train()
     for step in range(start, steps):
-        sums: dict[str, float] = defaultdict(float)
-        opt.zero_grad(set_to_none=True)
-        for micro in range(cfg.grad_accum):
-            lo = (step * cfg.grad_accum + micro) * cfg.batch_size
-            batch = collate([examples[i] for i in order[lo:lo + cfg.batch_size]], pad_id, objective.paired)
-            out = forward(model, batch, objective.paired)
-            loss, terms = objective.loss(out, batch["values"])
-            (loss / cfg.grad_accum).backward()
-            sums["loss"] += loss.item() / cfg.grad_accum
-            for k, v in terms.items():
-                sums[k] += float(v) / cfg.grad_accum
+        sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=acc.device))
+        grad_norm = None
+        for m in range(cfg.grad_accum):
+            lo = (step * cfg.grad_accum + m) * cfg.batch_size + rank * micro  # this rank's shard
+            shard = [examples[i] for i in order[lo:lo + micro]]
+            batch = _to(collate(shard, pad_id, objective.paired), acc.device)
+            if not objective.paired:  # token-mean over the whole global batch, not per shard
+                batch["ntok_norm"] = acc.reduce(batch["loss_mask"][:, 1:].sum().float(), "mean")
+            with acc.accumulate(wrapped):
+                out = forward(wrapped, batch, objective)
+                loss, terms = objective.loss(out, batch["values"])
+                acc.backward(loss)
+                if acc.sync_gradients:
+                    grad_norm = acc.clip_grad_norm_(wrapped.parameters(), cfg.max_grad_norm)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+            for k, v in {"loss": loss, **terms}.items():
+                sums[k] += torch.as_tensor(v, device=acc.device).detach().float() / cfg.grad_accum
             if objective.paired:
-                sums["logp_chosen"] += out["logp_w"].mean().item() / cfg.grad_accum
-                sums["logp_rejected"] += out["logp_l"].mean().item() / cfg.grad_accum
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        opt.step()
-        sched.step()
-        history.append({"step": step + 1, "lr": sched.get_last_lr()[0], "grad_norm": grad_norm.item(), **sums})
+                sums["logp_chosen"] += out["logp_w"].detach().mean() / cfg.grad_accum
+                sums["logp_rejected"] += out["logp_l"].detach().mean() / cfg.grad_accum
+        names = list(sums)
+        means = acc.reduce(torch.stack([sums[k] for k in names]), "mean").tolist()  # over ranks
+        history.append({"step": step + 1, "lr": sched.get_last_lr()[0],
+                        "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+                        **dict(zip(names, means))})
         if step == start or (step + 1) % max(1, steps // 10) == 0:
             log.info("step %d/%d %s", step + 1, steps,
                      " ".join(f"{k}={v:.4g}" for k, v in history[-1].items() if k != "step"))
         if resume_path and cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < steps:
-            _save_resume(resume_path, {"key": key, "step": step + 1, "history": history,
-                                       "model": model.state_dict(), "optimizer": opt.state_dict(),
-                                       "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state()})
-    if resume_path and resume_path.exists():
-        resume_path.unlink()
+            _save_resume(acc, resume_path, {"key": key, "step": step + 1, "history": history})
+    acc.wait_for_everyone()
+    if resume_path and acc.is_main_process:
+        shutil.rmtree(resume_path, ignore_errors=True)
+    if cfg.gradient_checkpointing:
+        _hf_model(model).gradient_checkpointing_disable()
     model.eval()
     return history
 
@@ -171,11 +251,12 @@ def train(model, examples: list[Example], objective: Objective, cfg: TrainConfig
 def evaluate(model, examples: list[Example], objective: Objective, pad_id: int, batch_size: int) -> dict:
     """Mean of the objective's loss terms over ``examples`` (e.g. validation pair accuracy)."""
     model.eval()
+    device = next(model.parameters()).device
     sums: dict[str, float] = defaultdict(float)
     for lo in range(0, len(examples), batch_size):
         chunk = examples[lo:lo + batch_size]
-        batch = collate(chunk, pad_id, objective.paired)
-        loss, terms = objective.loss(forward(model, batch, objective.paired), batch["values"])
+        batch = _to(collate(chunk, pad_id, objective.paired), device)
+        loss, terms = objective.loss(forward(model, batch, objective), batch["values"])
         for k, v in {"loss": loss, **terms}.items():
             sums[k] += float(v) * len(chunk)
     return {k: v / len(examples) for k, v in sums.items()}

@@ -1,0 +1,103 @@
+"""The trainer on N processes: 2 CPU ranks (DDP over gloo, and DeepSpeed ZeRO-2) with micro-batch
+b/2 end with the same weights and loss curve as 1 process with batch b; only rank 0 writes.
+
+Runs the real stage through the real launcher (``python -m drdo.launch``), as the rules do.
+The first DeepSpeed run on a machine compiles a small communication extension (~60 s).
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from drdo import io
+from drdo.base_model import tiny_llama, train_tokenizer
+from drdo.launch import command
+
+REPO = Path(__file__).resolve().parents[1]
+ARCH = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+        "num_key_value_heads": 2, "max_position_embeddings": 64}
+POSTS = [f"post {i}: my {w} broke again and again" for i, w in enumerate(
+    ["car", "phone", "bike", "laptop", "door", "kettle", "watch", "lamp"])]
+PARAMS = {"lr": 1e-3, "batch_size": 4, "grad_accum": 2, "max_steps": 3, "warmup_steps": 1, "weight_decay": 0.01,
+          "max_grad_norm": 1.0, "seed": 0, "save_every": 0, "dtype": "float32", "max_length": 48,
+          "eval_batch_size": 8}
+DRDO = {**PARAMS, "alpha": 0.1, "gamma": 2.0, "student_reward": "head", "teacher": "oracle", "logp_agg": "sum",
+        "head_seed": 0}
+pytestmark = pytest.mark.distributed
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("dist")
+    tok = train_tokenizer(POSTS + ["fixed", "broken", "it works now", "nothing"], vocab_size=300)
+    model = tiny_llama(tok, ARCH, seed=0)
+    model.save_pretrained(d / "init")
+    tok.save_pretrained(d / "init")
+    pairs = pd.DataFrame({"pair_id": [f"p{i}" for i in range(8)], "prompt": POSTS,
+                          "chosen": ["it works now"] * 8, "rejected": ["nothing broken"] * 8,
+                          "split": ["train"] * 6 + ["validation"] * 2})
+    io.write_parquet(pairs, d / "pairs.parquet", {})
+    io.write_parquet(pairs[["pair_id"]].assign(oracle_chosen=[0.1 * i for i in range(8)], oracle_rejected=-0.3),
+                     d / "oracle.parquet", {})
+    sft = pd.DataFrame({"prompt": POSTS * 2, "response": ["it works now", "fixed it", "nothing"] * 5 + ["ok"]})
+    io.write_parquet(sft, d / "sft.parquet", {})
+    return d
+
+
+def _train(inputs: Path, name: str, objective: str, params: dict, processes: int) -> Path:
+    out = inputs / name
+    args = ["train", "--objective", objective, "--params", json.dumps(params), "--init", str(inputs / "init"),
+            "--out", str(out), "--resume", str(inputs / ".resume" / name)]
+    args += (["--data", str(inputs / "pairs.parquet"), "--tables", str(inputs / "oracle.parquet")]
+             if objective == "drdo" else ["--data", str(inputs / "sft.parquet")])
+    cmd = [sys.executable, "-m", "drdo.launch", "--processes", str(processes), "--threads", "2", "--", *args]
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'workflow'}:{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=480)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert f"world size {processes}" in proc.stderr
+    return out
+
+
+def _assert_same_run(a: Path, b: Path, atol: float):
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=0, atol=atol, msg=lambda m, k=k: f"{k}: {m}")
+    ma, mb = pd.read_parquet(a / "metrics.parquet"), pd.read_parquet(b / "metrics.parquet")
+    assert list(ma.columns) == list(mb.columns) and len(ma) == PARAMS["max_steps"]
+    for col in ma.columns:
+        assert mb[col].tolist() == pytest.approx(ma[col].tolist(), rel=1e-5, abs=1e-6), col
+
+
+@pytest.mark.parametrize("objective,params", [("drdo", DRDO), ("sft", PARAMS)])
+def test_two_ddp_ranks_reproduce_one_process(inputs, objective, params):
+    one = _train(inputs, f"{objective}-1", objective, params, 1)
+    two = _train(inputs, f"{objective}-ddp2", objective, params, 2)
+    _assert_same_run(one, two, atol=1e-6)
+    assert io.read_provenance(two)["train_examples"] == io.read_provenance(one)["train_examples"]
+    assert not list(inputs.glob(f".{objective}-ddp2.*")), "a rank left a temporary output behind"
+
+
+def test_two_zero2_ranks_reproduce_one_process(inputs):
+    params = {**DRDO, "deepspeed": str(REPO / "config" / "deepspeed" / "zero2.json")}
+    one = _train(inputs, "drdo-1", "drdo", DRDO, 1) if not (inputs / "drdo-1").exists() else inputs / "drdo-1"
+    zero = _train(inputs, "drdo-zero2", "drdo", params, 2)
+    _assert_same_run(one, zero, atol=1e-6)
+    assert (zero / "reward_head.safetensors").exists()
+
+
+def test_launcher_commands():
+    cmd, env = command(1, 4, ["train", "--params", "{}"])
+    assert cmd[1:4] == ["-m", "drdo", "--threads"] and cmd[4] == "4" and env["OMP_NUM_THREADS"] == "4"
+    cmd, env = command(2, 4, ["train", "--params", json.dumps({"deepspeed": "z.json"})])
+    assert "--use_deepspeed" in cmd and cmd[cmd.index("--num_processes") + 1] == "2" and env["OMP_NUM_THREADS"] == "2"
+    assert "--multi_gpu" in command(2, 2, ["train", "--params", "{}"])[0]
+    with pytest.raises(ValueError, match="resources"):
+        command(2, 2, ["generate", "--params", "{}"])

@@ -1,0 +1,57 @@
+"""Start a stage on one process, or on N ranks for training (one per GPU; N CPU ranks over gloo
+when there is no CUDA), so every Snakemake rule calls the same thing whatever its resources:
+
+    python -m drdo.launch --processes N --threads T -- <arguments of python -m drdo>
+
+N <= 1 runs ``python -m drdo`` itself. N > 1 runs ``accelerate launch`` with N processes on a
+free port: ``--use_deepspeed`` when the stage's ``--params`` name a DeepSpeed config
+(``train.deepspeed``), plain DDP otherwise. T threads are split evenly over the ranks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def command(processes: int, threads: int, args: list[str]) -> tuple[list[str], dict]:
+    """The command line and extra environment that run ``python -m drdo ARGS`` on ``processes`` ranks."""
+    per_rank = max(1, threads // max(1, processes))
+    drdo = ["--threads", str(per_rank), *args]
+    env = {"OMP_NUM_THREADS": str(per_rank)}
+    if processes <= 1:
+        return [sys.executable, "-m", "drdo", *drdo], env
+    stage = next((a for a in args if not a.startswith("-")), None)
+    if stage != "train":
+        raise ValueError(f"stage {stage!r} runs on one process; set its resources.<rule>.gpu to 0 or 1")
+    params = json.loads(args[args.index("--params") + 1]) if "--params" in args else {}
+    mode = ["--use_deepspeed"] if params.get("deepspeed") else ["--multi_gpu"]
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", *mode, "--num_processes", str(processes),
+                "--num_machines", "1", "--main_process_port", str(free_port()),
+                "--mixed_precision", "no", "--dynamo_backend", "no"]  # the trainer sets precision itself
+    return [*launcher, "-m", "drdo", *drdo], env
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="drdo.launch", description=__doc__.split("\n")[0])
+    ap.add_argument("--processes", type=int, default=0, help="ranks (a job's GPUs); 0 or 1: one process")
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads of the whole job")
+    ap.add_argument("args", nargs=argparse.REMAINDER, help="-- then the arguments of python -m drdo")
+    a = ap.parse_args(argv)
+    args = a.args[1:] if a.args[:1] == ["--"] else a.args
+    cmd, env = command(a.processes, a.threads, args)
+    print("launch:", " ".join(cmd), file=sys.stderr, flush=True)
+    os.execvpe(cmd[0], cmd, {**os.environ, **env})
+
+
+if __name__ == "__main__":
+    main()

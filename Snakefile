@@ -25,6 +25,16 @@ include: "workflow/rules/winrates.smk"
 include: "workflow/rules/report.smk"
 
 
+# Seconds of CPU on small tables: never worth a cluster submission.
+localrules:
+    synthetic_world,
+    normalise,
+    split,
+    gold_table,
+    winrates,
+    validation_report,
+
+
 rule all:
     input:
         f"{OUT}/winrates.csv",

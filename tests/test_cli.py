@@ -52,3 +52,25 @@ def test_gold_table_and_gold_teacher_columns(tmp_path):
     drdo = {"alpha": 0.1, "gamma": 2.0, "student_reward": "head", "logp_agg": "sum"}
     assert objectives.build("drdo", drdo).columns == ("oracle_chosen", "oracle_rejected")
     assert objectives.build("drdo", {**drdo, "teacher": "gold"}).columns == ("gold_chosen", "gold_rejected")
+
+
+def test_aggregate_refuses_inputs_of_another_lineage(tmp_path):
+    scores = pd.DataFrame({"policy": ["drdo"], "split": ["all"], "eval_set": ["tldr"], "prompt_id": ["p"],
+                           "temperature": [0.7], "oracle": [1.0], "gold": [0.5]})
+    io.write_parquet(scores, tmp_path / "drdo.parquet", {"lineage": "old"})
+    out = tmp_path / "winrates.csv"
+    params = {"splits": ["all"], "methods": ["drdo"], "scorers": ["oracle"], "n_boot": 10, "seed": 0}
+    with pytest.raises(ValueError, match=r"drdo\.parquet was made under lineage old.*give new"):
+        main(["--expect-lineage", json.dumps({str(tmp_path / "drdo.parquet"): "new"}), "winrates",
+              "--params", json.dumps(params), "--scores", str(tmp_path / "drdo.parquet"), "--out", str(out)])
+    assert not out.exists()
+
+
+def test_outputs_record_the_lineage_they_were_made_under(tmp_path):
+    out = tmp_path / "gold.parquet"
+    pairs = pd.DataFrame({"pair_id": ["a"], "document": ["x"], "chosen": ["y"], "rejected": ["z"]})
+    io.write_parquet(pairs, tmp_path / "pairs.parquet", {})
+    gold = {"w_coverage": 1.0, "w_hallucination": 0.5, "w_length": 0.05, "words_per_fact": 5, "length_slack": 2}
+    main(["--lineage", "abc123", "gold-table", "--params", json.dumps({"gold": gold}),
+          "--pairs", str(tmp_path / "pairs.parquet"), "--out", str(out)])
+    assert io.read_provenance(out)["lineage"] == "abc123"

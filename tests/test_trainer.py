@@ -196,3 +196,21 @@ def test_collate_pairs_chosen_first_then_rejected(tok):
     assert single["input_ids"].shape[0] == 3
     assert single["input_ids"][1, :len(seqs[1][0].input_ids)].tolist() == seqs[1][0].input_ids
     assert collate([Example([seqs[0][0]])], pad, paired=False)["values"] == {}
+
+
+def test_gradient_checkpointing_changes_memory_not_results(tok, pairs, uninterrupted):
+    ref_model, ref_history = uninterrupted
+    model = _student(tok)
+    history = train(model, pairs, objectives.build("drdo", DRDO_PARAMS),
+                    dataclasses.replace(CFG, gradient_checkpointing=True), tok.pad_token_id)
+    _assert_same_params(ref_model, model)
+    assert [h["loss"] for h in history] == pytest.approx([h["loss"] for h in ref_history], rel=1e-6)
+    assert not model.lm.is_gradient_checkpointing  # switched off again for evaluation and saving
+
+
+def test_bf16_keeps_fp32_master_weights_and_optimizer_states(tok, pairs):
+    model = _student(tok)
+    cfg = dataclasses.replace(CFG, dtype="bfloat16", max_steps=2)
+    history = train(model, pairs, objectives.build("drdo", DRDO_PARAMS), cfg, tok.pad_token_id)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert len(history) == 2 and all(torch.isfinite(torch.tensor(h["loss"])) for h in history)

@@ -128,3 +128,63 @@ winrates: {{scorers: [oracle]}}
     bad = snakemake(workdir, "-n", "results/e2e-files/winrates.csv", override=override.replace("[oracle]", "[oracle, gold]"),
                     check=False)
     assert bad.returncode != 0 and "winrates.scorers" in bad.stdout + bad.stderr
+
+
+def _copy_of_repo(dest: Path) -> Path:
+    """The workflow's own files (Snakefile, workflow/, config/) in ``dest``, to edit its code."""
+    for part in ("Snakefile", "workflow", "config"):
+        src = REPO / part
+        if src.is_dir():
+            shutil.copytree(src, dest / part, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dest / part)
+    (dest / "README.md").write_text("# a copy\n")
+    return dest
+
+
+def _plan_with(workdir: Path, snakefile: Path) -> dict[str, int]:
+    return planned_jobs(snakemake(workdir, "-n", f"--snakefile={snakefile}", f"{OUT}/winrates.csv"))
+
+
+def test_code_changes_rerun_exactly_the_stages_that_run_that_code(workdir, tmp_path):
+    repo = _copy_of_repo(tmp_path / "repo")
+    assert _plan_with(workdir, repo / "Snakefile") == {}  # same code, elsewhere: nothing to do
+    (repo / "README.md").write_text("# edited\n")
+    assert _plan_with(workdir, repo / "Snakefile") == {}
+
+    generation = repo / "workflow" / "drdo" / "generation.py"
+    generation.write_text(generation.read_text() + "\n# an edit\n")
+    assert _plan_with(workdir, repo / "Snakefile") == {"generate": 10, "score_policy": 10, "winrates": 1}
+    shutil.copy2(REPO / "workflow" / "drdo" / "generation.py", generation)
+
+    losses = repo / "workflow" / "drdo" / "losses.py"
+    losses.write_text(losses.read_text() + "\n# an edit\n")
+    jobs = _plan_with(workdir, repo / "Snakefile")
+    # every job that trains with these losses, and all that follows; no data stage
+    assert jobs["align"] == 9 and jobs["generate"] == 10 and jobs["score_policy"] == 10 and jobs["winrates"] == 1
+    assert not {"synthetic_world", "normalise", "split", "base_model"} & jobs.keys()
+
+
+def test_config_change_after_failed_jobs_rebuilds_every_stale_artifact(workdir, tmp_path):
+    """Change a DRDO key; two of the three DRDO align jobs fail (Snakemake deletes their
+    outputs), the third succeeds; the rerun must rebuild every DRDO artifact, not mix the old
+    scores of the two failed policies into the new win-rates."""
+    wd = tmp_path / "wd"
+    shutil.copytree(workdir, wd, symlinks=True)
+    override = "align: {drdo: {logp_agg: mean}}"
+    snakemake(wd, f"{OUT}/models/drdo-all", override=override)
+    for failed in ("drdo-hc_he", "drdo-lc_le"):
+        shutil.rmtree(wd / OUT / "models" / failed)
+    jobs = planned_jobs(snakemake(wd, "-n", f"{OUT}/winrates.csv", override=override))
+    assert jobs == {"align": 2, "generate": 3, "score_policy": 3, "winrates": 1}
+    snakemake(wd, f"{OUT}/winrates.csv", override=override)
+    expected = io.read_provenance(wd / OUT / "winrates.csv")
+    for split in ("all", "hc_he", "lc_le"):
+        model = io.read_provenance(wd / OUT / "models" / f"drdo-{split}")
+        assert model["config"]["logp_agg"] == "mean"
+        gen = io.read_provenance(wd / OUT / "generations" / f"drdo-{split}.parquet")
+        assert gen["inputs"]["policy"]["sha256"] == io.file_hash(wd / OUT / "models" / f"drdo-{split}")
+        score = io.read_provenance(wd / OUT / "scores" / f"drdo-{split}.parquet")
+        assert score["inputs"]["generations"]["sha256"] == io.file_hash(wd / OUT / "generations" / f"drdo-{split}.parquet")
+        assert expected["inputs"][f"drdo-{split}"]["sha256"] == io.file_hash(wd / OUT / "scores" / f"drdo-{split}.parquet")
+    assert planned_jobs(snakemake(wd, "-n", f"{OUT}/winrates.csv", override=override)) == {}

@@ -23,7 +23,7 @@ from .base_model import build_base
 from .batching import encode
 from .data import loaders, splits
 from .generation import generate
-from .modeling import LMWithRewardHead, load_causal_lm, load_tokenizer
+from .modeling import LMWithRewardHead, for_inference, load_causal_lm, load_tokenizer
 from .scoring import score
 from .trainer import Example, TrainConfig, evaluate, make_accelerator, train
 from .winrates import winrate_table
@@ -168,7 +168,7 @@ def cmd_table(a) -> None:
         prefix, path = spec.split("=", 1)
         inputs[prefix] = path
         model = LMWithRewardHead.from_pretrained(path) if a.value == "reward" else load_causal_lm(path)
-        tokenizer = load_tokenizer(path)
+        model, tokenizer = for_inference(model, a.params.get("dtype", "float32")), load_tokenizer(path)
         for side in ("chosen", "rejected"):
             out = score(model, tokenizer, pairs["prompt"].tolist(), pairs[side].tolist(),
                         a.params["max_length"], a.params["batch_size"])
@@ -192,7 +192,7 @@ def cmd_gold_table(a) -> None:
 def cmd_generate(a) -> None:
     p = a.params
     prompts = io.read_parquet(a.prompts)
-    model, tokenizer = load_causal_lm(a.policy), load_tokenizer(a.policy)
+    model, tokenizer = for_inference(load_causal_lm(a.policy), p.get("dtype", "float32")), load_tokenizer(a.policy)
     gen = generate(model, tokenizer, prompts, p["temperatures"], p["top_p"], p["max_new_tokens"],
                    p["max_prompt_length"], p["batch_size"], p["seed"])
     log.info("%d generations, %.1f%% ended with EOS, mean %.1f tokens", len(gen), 100 * gen["finished"].mean(),
@@ -207,7 +207,7 @@ def cmd_score(a) -> None:
         gen = io.read_parquet(a.generations).merge(prompts, on=["eval_set", "prompt_id"], validate="many_to_one")
     else:  # the human reference summaries, one per prompt
         gen = prompts.assign(response=prompts["reference"], temperature=np.nan)
-    oracle = LMWithRewardHead.from_pretrained(a.oracle)
+    oracle = for_inference(LMWithRewardHead.from_pretrained(a.oracle), a.params.get("dtype", "float32"))
     out = score(oracle, load_tokenizer(a.oracle), gen["prompt"].tolist(), gen["response"].tolist(),
                 a.params["max_length"], a.params["batch_size"])
     scores = gen[["eval_set", "prompt_id", "temperature", "response"]].assign(
@@ -243,6 +243,9 @@ def cmd_report(a) -> None:
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="drdo", description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    ap.add_argument("--lineage", default=None, help="hash of the config and code upstream of the outputs")
+    ap.add_argument("--expect-lineage", type=json.loads, default=None,
+                    help="JSON {input: lineage}: refuse inputs made under another config or code")
     sub = ap.add_subparsers(dest="stage", required=True)
 
     def stage(name, fn, *args):
@@ -277,5 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
+    io.LINEAGE = a.lineage
+    if a.expect_lineage:
+        io.check_lineage(a.expect_lineage)
     a.fn(a)
     return 0

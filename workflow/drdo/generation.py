@@ -23,8 +23,8 @@ def generate(model, tokenizer, prompts: pd.DataFrame, temperatures: list[float],
         for lo in range(0, len(encoded), batch_size):
             chunk = encoded[lo:lo + batch_size]
             width = max(map(len, chunk))
-            ids = torch.tensor([[pad] * (width - len(c)) + c for c in chunk])
-            attn = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in chunk])
+            ids = torch.tensor([[pad] * (width - len(c)) + c for c in chunk], device=model.device)
+            attn = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in chunk], device=model.device)
             out = model.generate(input_ids=ids, attention_mask=attn, do_sample=True,
                                  temperature=temperature, top_p=top_p, top_k=0,
                                  max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=eos)

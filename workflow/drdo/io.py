@@ -66,10 +66,14 @@ def _versions() -> dict[str, str]:
     return versions
 
 
+LINEAGE: str | None = None  # set by the CLI (--lineage): the workflow's hash of everything upstream
+
+
 def provenance(stage: str, cfg: Any, inputs: dict[str, str | os.PathLike] | None = None) -> dict:
     """The record stored with every artifact of ``stage``."""
     return {
         "stage": stage,
+        "lineage": LINEAGE,
         "config": cfg,
         "config_hash": config_hash(cfg),
         "inputs": {k: {"path": str(v), "sha256": file_hash(v)} for k, v in (inputs or {}).items()},
@@ -154,3 +158,13 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict | None, str]
             except json.JSONDecodeError:
                 row = None
             yield lineno, row, line
+
+
+def check_lineage(expected: dict[str, str]) -> None:
+    """Refuse to combine inputs whose recorded lineage is not the one the current config and
+    code give (e.g. a file left over from before a config change whose upstream job failed)."""
+    for path, want in expected.items():
+        got = read_provenance(path).get("lineage")
+        if got != want:
+            raise ValueError(f"{path} was made under lineage {got}, but the current config and code give {want}: "
+                             "it is stale (made before a change upstream). Delete it and re-run snakemake.")

@@ -32,6 +32,15 @@ def load_causal_lm(name_or_path: str | os.PathLike, dtype: str = "float32") -> P
     return model
 
 
+def inference_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def for_inference(model: nn.Module, dtype: str = "float32") -> nn.Module:
+    """A frozen model (tables, generation, scoring) on the GPU when there is one, in ``dtype``."""
+    return model.to(inference_device(), getattr(torch, dtype)).eval().requires_grad_(False)
+
+
 class LMWithRewardHead(nn.Module):
     """Causal LM plus a linear reward on the last non-padding token's final hidden state.
 

@@ -19,6 +19,7 @@ def score(model, tokenizer, prompts: list[str], responses: list[str], max_length
     """Per (prompt, response): ``logp`` (sum over response tokens), ``ntok`` and, for a model
     with a reward head, ``reward``. Rows are batched by length to waste little padding."""
     model.eval()
+    device = next(model.parameters()).device
     enc = [encode(tokenizer, p, r, max_length) for p, r in zip(prompts, responses)]
     order = np.argsort([len(e.input_ids) for e in enc], kind="stable")
     out = {"logp": np.zeros(len(enc)), "ntok": np.zeros(len(enc), dtype=np.int64)}
@@ -26,13 +27,13 @@ def score(model, tokenizer, prompts: list[str], responses: list[str], max_length
         out["reward"] = np.zeros(len(enc))
     for lo in range(0, len(enc), batch_size):
         idx = order[lo:lo + batch_size]
-        batch = pad_batch([enc[i] for i in idx], tokenizer.pad_token_id)
+        batch = {k: v.to(device) for k, v in pad_batch([enc[i] for i in idx], tokenizer.pad_token_id).items()}
         if isinstance(model, LMWithRewardHead):
             logits, rewards = model(batch["input_ids"], batch["attention_mask"])
-            out["reward"][idx] = rewards.float().numpy()
+            out["reward"][idx] = rewards.float().cpu().numpy()
         else:
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         logp, ntok = response_logps(logits, batch["input_ids"], batch["loss_mask"])
-        out["logp"][idx] = logp.numpy()
-        out["ntok"][idx] = ntok.long().numpy()
+        out["logp"][idx] = logp.cpu().numpy()
+        out["ntok"][idx] = ntok.long().cpu().numpy()
     return out

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, DeepSpeedPlugin
+from accelerate.state import AcceleratorState
 from accelerate.utils import InitProcessGroupKwargs
 from transformers import get_cosine_schedule_with_warmup
 
@@ -37,6 +38,7 @@ from .objectives import Objective
 
 log = logging.getLogger("drdo.train")
 RESUME_META = "drdo_resume.json"
+MIXED_PRECISION = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}  # train.dtype -> accelerate
 
 
 @dataclass
@@ -59,7 +61,7 @@ class TrainConfig:
     save_every: int = 0  # resume-state interval in optimizer steps; 0 = never
     dtype: str = "float32"  # compute dtype; master weights and optimizer states stay fp32
     gradient_checkpointing: bool = False
-    deepspeed: str | None = None  # DeepSpeed JSON (e.g. config/deepspeed/zero2.json); None = DDP
+    deepspeed: str | dict | None = None  # DeepSpeed config (JSON path or its content); None = DDP
 
     @classmethod
     def from_params(cls, p: dict) -> "TrainConfig":
@@ -78,13 +80,16 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
     handlers = [InitProcessGroupKwargs(backend="gloo")] if world > 1 and not torch.cuda.is_available() else []
     plugin = None
     if cfg.deepspeed and world > 1:  # ZeRO shards over ranks: nothing to gain on one process
-        ds = json.loads(Path(cfg.deepspeed).read_text())
+        ds = dict(cfg.deepspeed) if isinstance(cfg.deepspeed, dict) else json.loads(Path(cfg.deepspeed).read_text())
         # the batch values accelerate would otherwise infer from a DataLoader, which we do not use
         ds.update(train_micro_batch_size_per_gpu=_micro_batch(cfg.batch_size, world),
                   gradient_accumulation_steps=cfg.grad_accum, train_batch_size=cfg.batch_size * cfg.grad_accum,
-                  gradient_clipping=cfg.max_grad_norm, bf16={"enabled": cfg.dtype == "bfloat16"})
+                  gradient_clipping=cfg.max_grad_norm, bf16={"enabled": cfg.dtype == "bfloat16"},
+                  fp16={"enabled": cfg.dtype == "float16"})
         plugin = DeepSpeedPlugin(hf_ds_config=ds)
-    return Accelerator(mixed_precision="bf16" if cfg.dtype == "bfloat16" else "no",
+    if world == 1:  # a process may train several models (tests, notebooks): accelerate's state is global
+        AcceleratorState._reset_state()
+    return Accelerator(mixed_precision=MIXED_PRECISION[cfg.dtype],
                        gradient_accumulation_steps=cfg.grad_accum, deepspeed_plugin=plugin,
                        kwargs_handlers=handlers, cpu=not torch.cuda.is_available() and plugin is None,
                        # we shard each global batch ourselves: step the LR schedule once per optimizer step
@@ -146,6 +151,20 @@ def _hf_model(model):
     return getattr(model, "lm", model)  # LMWithRewardHead keeps the Hugging Face model as .lm
 
 
+def _checkpointing(model, on: bool) -> None:
+    """Activation (gradient) checkpointing on the Hugging Face model; transformers 5 renamed it."""
+    hf = _hf_model(model)
+    if hasattr(hf, "activation_checkpointing_enable"):
+        if on:
+            hf.activation_checkpointing_enable({"use_reentrant": False})
+        else:
+            hf.activation_checkpointing_disable()
+    elif on:
+        hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        hf.gradient_checkpointing_disable()
+
+
 def _save_resume(acc: Accelerator, path: Path, meta: dict) -> None:
     """Every rank writes its part under ``path``.tmp; rank 0 swaps it in once all are done."""
     tmp = path.with_name(path.name + ".tmp")
@@ -190,7 +209,7 @@ def train(model, examples: list[Example], objective: Objective, cfg: TrainConfig
     per_step = cfg.batch_size * cfg.grad_accum
     order = _sample_order(len(examples), steps * per_step, cfg.seed)
     if cfg.gradient_checkpointing:
-        _hf_model(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        _checkpointing(model, True)
     opt = _optimizer(model, cfg)
     sched = get_cosine_schedule_with_warmup(opt, cfg.warmup_steps, steps)
     wrapped, opt, sched = acc.prepare(model, opt, sched)
@@ -242,7 +261,7 @@ def train(model, examples: list[Example], objective: Objective, cfg: TrainConfig
     if resume_path and acc.is_main_process:
         shutil.rmtree(resume_path, ignore_errors=True)
     if cfg.gradient_checkpointing:
-        _hf_model(model).gradient_checkpointing_disable()
+        _checkpointing(model, False)
     model.eval()
     return history
 

@@ -6,14 +6,19 @@ rule align:
     output:
         directory(f"{OUT}/models/{{method}}-{{split}}"),
     params:
-        cfg=align_params,
-        resume=lambda wildcards: f"{OUT}/.resume/{wildcards.method}-{wildcards.split}.pt",
+        cfg=lambda wildcards: align_params(wildcards.method),
+        lineage=lambda wildcards: lineage_policy(f"{wildcards.method}-{wildcards.split}"),
+        resume=lambda wildcards: f"{RESUME}/{wildcards.method}-{wildcards.split}",
     threads: config["threads"]["default"]
+    resources:
+        gpu=res("align", "gpu"),
+        mem_mb=res("align", "mem_mb"),
+        runtime=res("align", "runtime"),
     log:
         f"{OUT}/logs/align_{{method}}-{{split}}.log",
     conda:
         ENV
     shell:
-        "python -m drdo --threads {threads} train --objective {wildcards.method} --params {params.cfg:q}"
+        launch("align") + " --lineage {params.lineage} train --objective {wildcards.method} --params {params.cfg:q}"
         " --init {input.sft} --data {input.data} --tables {input.tables} --out {output}"
         " --resume {params.resume} > {log} 2>&1"

@@ -1,3 +1,5 @@
+import hashlib
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -39,6 +41,11 @@ def as_json(obj):
     return json.dumps(obj, sort_keys=True)
 
 
+def repo_path(path):
+    """A repository file named in the config, relative to the working directory or the repo."""
+    return path if os.path.exists(path) else os.path.join(workflow.basedir, path)
+
+
 def train_params(*sections):
     """``train`` defaults overridden by each named section in turn, e.g. ("align", "drdo")."""
     params = dict(config["train"])
@@ -47,7 +54,47 @@ def train_params(*sections):
         for key in path.split("."):
             node = node[key]
         params.update(node)
+    if params.get("deepspeed"):  # its content, not its path: an edit re-runs the jobs, a move does not
+        try:
+            params["deepspeed"] = json.loads(Path(repo_path(params["deepspeed"])).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"config key train.deepspeed: cannot read {params['deepspeed']!r}: {e}")
     return params
+
+
+# ---------------------------------------------------------------- compute per job
+RESUME = (config.get("resume_dir") or f"{OUT}/.resume").rstrip("/")
+
+
+def res(name, key):
+    """A job's resource from the config's ``resources`` section (the rule's entry, else default)."""
+    return config["resources"].get(name, {}).get(key, config["resources"]["default"][key])
+
+
+def launch(name):
+    """How a torch job starts its stage -- one process, or one rank per GPU for training."""
+    return f"python -m drdo.launch --processes {res(name, 'gpu')} --threads {{threads}} --"
+
+
+# ---------------------------------------------------------------- code and lineage
+# Each job's params carry its lineage: a hash of its own params, the code it runs and the
+# lineage of every input. A change anywhere upstream (config or code) changes the params of
+# every job downstream, so Snakemake re-runs them even where an intermediate file is missing
+# (it would otherwise trust a downstream file that looks fresh), and aggregates refuse inputs
+# whose recorded lineage is not the current one.
+_spec = importlib.util.spec_from_file_location(
+    "drdo_codedeps", os.path.join(workflow.basedir, "workflow", "drdo", "codedeps.py"))
+codedeps = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(codedeps)
+
+
+def digest(*parts):
+    blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def code(stage):
+    return codedeps.stage_hash(stage)
 
 
 # The gold reward reads the synthetic world's facts; real text has none.
@@ -83,26 +130,28 @@ def oracle_params():
     return as_json(params)
 
 
-def member_params(wildcards):
+def member_params(member):
     params = train_params("ensemble")
-    params["head_seed"] = params["head_seed"] + int(wildcards.member)
+    params["head_seed"] = params["head_seed"] + int(member)
     return as_json(params)
 
 
-def align_params(wildcards):
-    params = train_params("align.common", f"align.{wildcards.method}")
-    if wildcards.method == "edpo":
+def align_params(method):
+    params = train_params("align.common", f"align.{method}")
+    if method == "edpo":
         params["ensemble_size"] = config["ensemble"]["size"]
     return as_json(params)
 
 
+METHOD_TABLES = {  # the precomputed tables a method reads: the only data difference between methods
+    "drdo": [f"{config['align']['drdo']['teacher']}_rewards"],
+    "dpo": ["reference_logps"],
+    "edpo": ["reference_logps", "ensemble_rewards"],
+}
+
+
 def method_tables(wildcards):
-    """The precomputed tables a method reads: the only data difference between methods."""
-    return {
-        "drdo": [f"{OUT}/tables/{config['align']['drdo']['teacher']}_rewards.parquet"],
-        "dpo": [f"{OUT}/tables/reference_logps.parquet"],
-        "edpo": [f"{OUT}/tables/reference_logps.parquet", f"{OUT}/tables/ensemble_rewards.parquet"],
-    }[wildcards.method]
+    return [f"{OUT}/tables/{t}.parquet" for t in METHOD_TABLES[wildcards.method]]
 
 
 def policy_method(wildcards):
@@ -111,3 +160,93 @@ def policy_method(wildcards):
 
 def policy_split(wildcards):
     return wildcards.policy.split("-", 1)[1] if "-" in wildcards.policy else "-"
+
+
+TABLE_PARAMS = as_json({"max_length": config["train"]["max_length"], "batch_size": config["score"]["batch_size"],
+                        "dtype": config["train"]["dtype"]})
+SCORE_PARAMS = as_json({**config["score"], "gold": GOLD, "dtype": config["train"]["dtype"]})
+GENERATE_PARAMS = as_json({**config["generate"], "dtype": config["train"]["dtype"]})
+
+
+# ---------------------------------------------------------------- lineage of each artifact
+def _file_stamp(path):
+    try:
+        st = os.stat(path)
+        return [path, st.st_size, st.st_mtime_ns]
+    except OSError:
+        return [path, None]
+
+
+def lineage_raw():
+    if config["data"]["source"] == "synthetic":
+        return digest("raw", config["synthetic"], code("synthetic"))
+    return digest("raw", [_file_stamp(raw_file(k)) for k in sorted(SYNTHETIC_FILES)])
+
+
+def lineage_data():  # pairs, SFT rows and eval prompts (one normalise job)
+    return digest("data", lineage_raw(), config["eval"], code("cmd_normalise"))
+
+
+def lineage_base():
+    return digest("base", lineage_data(), config["model"], code("cmd_base"))
+
+
+def lineage_split():
+    return digest("split", lineage_data(), lineage_base(), config["split"], code("cmd_split"))
+
+
+def lineage_sft():
+    return digest("sft", lineage_base(), lineage_data(), train_params("sft"), code("cmd_train"))
+
+
+def lineage_oracle():
+    return digest("oracle", lineage_sft(), lineage_split(), oracle_params(), code("cmd_train"))
+
+
+def lineage_rm(member):
+    return digest("rm", lineage_sft(), lineage_split(), member_params(member), code("cmd_train"))
+
+
+def lineage_table(name):
+    if name == "gold_rewards":
+        return digest(name, lineage_split(), GOLD, code("cmd_gold_table"))
+    models = {"oracle_rewards": [lineage_oracle()], "reference_logps": [lineage_sft()],
+              "ensemble_rewards": [lineage_rm(m) for m in MEMBERS]}[name]
+    return digest(name, lineage_split(), models, TABLE_PARAMS, code("cmd_table"))
+
+
+def lineage_policy(policy):
+    if policy == "sft":
+        return lineage_sft()
+    method = policy.split("-")[0]
+    return digest("align", policy, lineage_sft(), lineage_split(), [lineage_table(t) for t in METHOD_TABLES[method]],
+                  align_params(method), code("cmd_train"))
+
+
+def lineage_generations(policy):
+    return digest("generate", lineage_policy(policy), lineage_data(), GENERATE_PARAMS, code("cmd_generate"))
+
+
+def lineage_scores(policy):
+    upstream = lineage_data() if policy == "reference" else lineage_generations(policy)
+    return digest("score", policy, upstream, lineage_oracle(), SCORE_PARAMS, code("cmd_score"))
+
+
+def lineage_of(path):
+    """Lineage of an artifact of this config, by its path (for the aggregates' checks)."""
+    name = Path(path).stem if Path(path).suffix else Path(path).name
+    parent = Path(path).parent.name
+    if parent == "scores":
+        return lineage_scores(name)
+    if parent == "tables":
+        return lineage_table(name)
+    if name == "oracle":
+        return lineage_oracle()
+    if name.startswith("rm"):
+        return lineage_rm(name[2:])
+    return lineage_policy(name)
+
+
+def expected_lineage(wildcards, input):
+    """JSON {input path: lineage} an aggregate checks its inputs' provenance against."""
+    return as_json({str(f): lineage_of(f) for f in input})

@@ -5,13 +5,18 @@ rule reward_model:
     output:
         directory(f"{OUT}/models/rm{{member}}"),
     params:
-        cfg=member_params,
-        resume=lambda wildcards: f"{OUT}/.resume/rm{wildcards.member}.pt",
+        cfg=lambda wildcards: member_params(wildcards.member),
+        lineage=lambda wildcards: lineage_rm(wildcards.member),
+        resume=lambda wildcards: f"{RESUME}/rm{wildcards.member}",
     threads: config["threads"]["default"]
+    resources:
+        gpu=res("reward_model", "gpu"),
+        mem_mb=res("reward_model", "mem_mb"),
+        runtime=res("reward_model", "runtime"),
     log:
         f"{OUT}/logs/reward_model_{{member}}.log",
     conda:
         ENV
     shell:
-        "python -m drdo --threads {threads} train --objective rm --params {params.cfg:q}"
+        launch("reward_model") + " --lineage {params.lineage} train --objective rm --params {params.cfg:q}"
         " --init {input.sft} --data {input.data} --out {output} --resume {params.resume} > {log} 2>&1"

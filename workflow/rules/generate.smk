@@ -5,12 +5,17 @@ rule generate:
     output:
         f"{OUT}/generations/{{policy}}.parquet",
     params:
-        cfg=as_json(config["generate"]),
+        cfg=GENERATE_PARAMS,
+        lineage=lambda wildcards: lineage_generations(wildcards.policy),
     threads: config["threads"]["default"]
+    resources:
+        gpu=res("generate", "gpu"),
+        mem_mb=res("generate", "mem_mb"),
+        runtime=res("generate", "runtime"),
     log:
         f"{OUT}/logs/generate_{{policy}}.log",
     conda:
         ENV
     shell:
-        "python -m drdo --threads {threads} generate --params {params.cfg:q} --policy {input.policy}"
+        launch("generate") + " --lineage {params.lineage} generate --params {params.cfg:q} --policy {input.policy}"
         " --prompts {input.prompts} --out {output} > {log} 2>&1"

@@ -10,11 +10,12 @@ rule normalise:
         eval=f"{OUT}/data/eval_prompts.parquet",
     params:
         cfg=as_json(config["eval"]),
+        lineage=lineage_data(),
     log:
         f"{OUT}/logs/normalise.log",
     conda:
         ENV
     shell:
-        "python -m drdo normalise --params {params.cfg:q} --comparisons {input.comparisons:q}"
+        "python -m drdo --lineage {params.lineage} normalise --params {params.cfg:q} --comparisons {input.comparisons:q}"
         " --sft-train {input.sft_train:q} --sft-test {input.sft_test:q} --news {input.news:q}"
         " --out-pairs {output.pairs} --out-sft {output.sft} --out-eval {output.eval} > {log} 2>&1"

@@ -6,12 +6,17 @@ rule oracle:
         directory(f"{OUT}/models/oracle"),
     params:
         cfg=oracle_params(),
-        resume=f"{OUT}/.resume/oracle.pt",
+        lineage=lineage_oracle(),
+        resume=f"{RESUME}/oracle",
     threads: config["threads"]["default"]
+    resources:
+        gpu=res("oracle", "gpu"),
+        mem_mb=res("oracle", "mem_mb"),
+        runtime=res("oracle", "runtime"),
     log:
         f"{OUT}/logs/oracle.log",
     conda:
         ENV
     shell:
-        "python -m drdo --threads {threads} train --objective oracle --params {params.cfg:q}"
+        launch("oracle") + " --lineage {params.lineage} train --objective oracle --params {params.cfg:q}"
         " --init {input.sft} --data {input.data} --out {output} --resume {params.resume} > {log} 2>&1"

@@ -6,9 +6,13 @@ rule validation_report:
     output:
         table=f"{OUT}/validation.csv",
         provenance=f"{OUT}/validation.provenance.json",
+    params:
+        expect=expected_lineage,
+        code=code("cmd_report"),
     log:
         f"{OUT}/logs/validation_report.log",
     conda:
         ENV
     shell:
-        "python -m drdo report --models {input.models} --out {output.table} > {log} 2>&1"
+        "python -m drdo --expect-lineage {params.expect:q} report --models {input.models} --out {output.table}"
+        " > {log} 2>&1"

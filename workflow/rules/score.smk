@@ -1,6 +1,3 @@
-SCORE_PARAMS = as_json({**config["score"], "gold": GOLD})
-
-
 rule score_policy:
     input:
         generations=f"{OUT}/generations/{{policy}}.parquet",
@@ -10,17 +7,22 @@ rule score_policy:
         f"{OUT}/scores/{{policy}}.parquet",
     params:
         cfg=SCORE_PARAMS,
+        lineage=lambda wildcards: lineage_scores(wildcards.policy),
         name=policy_method,
         split=policy_split,
     threads: config["threads"]["default"]
+    resources:
+        gpu=res("score_policy", "gpu"),
+        mem_mb=res("score_policy", "mem_mb"),
+        runtime=res("score_policy", "runtime"),
     log:
         f"{OUT}/logs/score_{{policy}}.log",
     conda:
         ENV
     shell:
-        "python -m drdo --threads {threads} score --params {params.cfg:q} --generations {input.generations}"
-        " --prompts {input.prompts} --oracle {input.oracle} --policy {params.name} --split {params.split}"
-        " --out {output} > {log} 2>&1"
+        launch("score_policy") + " --lineage {params.lineage} score --params {params.cfg:q}"
+        " --generations {input.generations} --prompts {input.prompts} --oracle {input.oracle}"
+        " --policy {params.name} --split {params.split} --out {output} > {log} 2>&1"
 
 
 rule score_reference:
@@ -31,11 +33,16 @@ rule score_reference:
         f"{OUT}/scores/reference.parquet",
     params:
         cfg=SCORE_PARAMS,
+        lineage=lineage_scores("reference"),
     threads: config["threads"]["default"]
+    resources:
+        gpu=res("score_reference", "gpu"),
+        mem_mb=res("score_reference", "mem_mb"),
+        runtime=res("score_reference", "runtime"),
     log:
         f"{OUT}/logs/score_reference.log",
     conda:
         ENV
     shell:
-        "python -m drdo --threads {threads} score --params {params.cfg:q} --prompts {input.prompts}"
-        " --oracle {input.oracle} --policy reference --split - --out {output} > {log} 2>&1"
+        launch("score_reference") + " --lineage {params.lineage} score --params {params.cfg:q}"
+        " --prompts {input.prompts} --oracle {input.oracle} --policy reference --split - --out {output} > {log} 2>&1"

@@ -6,12 +6,17 @@ rule sft:
         directory(f"{OUT}/models/sft"),
     params:
         cfg=as_json(train_params("sft")),
-        resume=f"{OUT}/.resume/sft.pt",
+        lineage=lineage_sft(),
+        resume=f"{RESUME}/sft",
     threads: config["threads"]["sft"]
+    resources:
+        gpu=res("sft", "gpu"),
+        mem_mb=res("sft", "mem_mb"),
+        runtime=res("sft", "runtime"),
     log:
         f"{OUT}/logs/sft.log",
     conda:
         ENV
     shell:
-        "python -m drdo --threads {threads} train --objective sft --params {params.cfg:q}"
+        launch("sft") + " --lineage {params.lineage} train --objective sft --params {params.cfg:q}"
         " --init {input.base} --data {input.data} --out {output} --resume {params.resume} > {log} 2>&1"

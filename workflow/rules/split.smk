@@ -8,11 +8,12 @@ rule split:
         table5_provenance=f"{OUT}/data/table5.provenance.json",
     params:
         cfg=as_json(config["split"]),
+        lineage=lineage_split(),
         out_dir=lambda wildcards, output: os.path.dirname(output.splits[0]),
     log:
         f"{OUT}/logs/split.log",
     conda:
         ENV
     shell:
-        "python -m drdo split --params {params.cfg:q} --pairs {input.pairs} --base {input.base}"
-        " --out-dir {params.out_dir} --out-table5 {output.table5} > {log} 2>&1"
+        "python -m drdo --lineage {params.lineage} split --params {params.cfg:q} --pairs {input.pairs}"
+        " --base {input.base} --out-dir {params.out_dir} --out-table5 {output.table5} > {log} 2>&1"

@@ -8,6 +8,7 @@ rule synthetic_world:
         provenance=f"{OUT}/raw/provenance.json",
     params:
         cfg=as_json(config["synthetic"]),
+        lineage=lineage_raw(),
         out_dir=lambda wildcards, output: os.path.dirname(output.comparisons),
     log:
         f"{OUT}/logs/synthetic_world.log",

@@ -1,6 +1,5 @@
 # Precomputed per-pair values, keyed by pair_id (README: "Tables"), so neither the Oracle,
 # the ensemble nor the reference policy is in memory during alignment.
-TABLE_PARAMS = as_json({"max_length": config["train"]["max_length"], "batch_size": config["score"]["batch_size"]})
 
 
 rule oracle_table:
@@ -11,13 +10,18 @@ rule oracle_table:
         f"{OUT}/tables/oracle_rewards.parquet",
     params:
         cfg=TABLE_PARAMS,
+        lineage=lineage_table("oracle_rewards"),
     threads: config["threads"]["default"]
+    resources:
+        gpu=res("oracle_table", "gpu"),
+        mem_mb=res("oracle_table", "mem_mb"),
+        runtime=res("oracle_table", "runtime"),
     log:
         f"{OUT}/logs/oracle_table.log",
     conda:
         ENV
     shell:
-        "python -m drdo --threads {threads} table --params {params.cfg:q} --pairs {input.pairs}"
+        launch("oracle_table") + " --lineage {params.lineage} table --params {params.cfg:q} --pairs {input.pairs}"
         " --model oracle={input.oracle} --value reward --out {output} > {log} 2>&1"
 
 
@@ -29,14 +33,19 @@ rule ensemble_table:
         f"{OUT}/tables/ensemble_rewards.parquet",
     params:
         cfg=TABLE_PARAMS,
+        lineage=lineage_table("ensemble_rewards"),
         models=lambda wildcards, input: " ".join(f"--model rm{i}={m}" for i, m in enumerate(input.members)),
     threads: config["threads"]["default"]
+    resources:
+        gpu=res("ensemble_table", "gpu"),
+        mem_mb=res("ensemble_table", "mem_mb"),
+        runtime=res("ensemble_table", "runtime"),
     log:
         f"{OUT}/logs/ensemble_table.log",
     conda:
         ENV
     shell:
-        "python -m drdo --threads {threads} table --params {params.cfg:q} --pairs {input.pairs}"
+        launch("ensemble_table") + " --lineage {params.lineage} table --params {params.cfg:q} --pairs {input.pairs}"
         " {params.models} --value reward --out {output} > {log} 2>&1"
 
 
@@ -47,12 +56,14 @@ rule gold_table:
         f"{OUT}/tables/gold_rewards.parquet",
     params:
         cfg=as_json({"gold": GOLD}),
+        lineage=lineage_table("gold_rewards"),
     log:
         f"{OUT}/logs/gold_table.log",
     conda:
         ENV
     shell:
-        "python -m drdo gold-table --params {params.cfg:q} --pairs {input.pairs} --out {output} > {log} 2>&1"
+        "python -m drdo --lineage {params.lineage} gold-table --params {params.cfg:q} --pairs {input.pairs}"
+        " --out {output} > {log} 2>&1"
 
 
 rule reference_table:
@@ -63,11 +74,16 @@ rule reference_table:
         f"{OUT}/tables/reference_logps.parquet",
     params:
         cfg=TABLE_PARAMS,
+        lineage=lineage_table("reference_logps"),
     threads: config["threads"]["default"]
+    resources:
+        gpu=res("reference_table", "gpu"),
+        mem_mb=res("reference_table", "mem_mb"),
+        runtime=res("reference_table", "runtime"),
     log:
         f"{OUT}/logs/reference_table.log",
     conda:
         ENV
     shell:
-        "python -m drdo --threads {threads} table --params {params.cfg:q} --pairs {input.pairs}"
+        launch("reference_table") + " --lineage {params.lineage} table --params {params.cfg:q} --pairs {input.pairs}"
         " --model ref_logp={input.sft} --value logp --out {output} > {log} 2>&1"

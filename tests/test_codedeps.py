@@ -1,0 +1,24 @@
+"""Which package files each stage runs: the basis of code-change reruns (e2e: test_workflow)."""
+
+from drdo import codedeps
+
+
+def _names(stage):
+    return {str(f.relative_to(codedeps.PKG)) for f in codedeps.stage_files(stage)}
+
+
+def test_training_code_is_the_trainer_and_losses_not_generation():
+    files = _names("cmd_train")
+    assert {"trainer.py", "losses.py", "objectives.py", "modeling.py", "batching.py", "launch.py"} <= files
+    assert not {"generation.py", "winrates.py", "synthetic.py", "cli.py"} & files
+
+
+def test_generation_code_is_not_the_losses():
+    files = _names("cmd_generate")
+    assert "generation.py" in files and not {"losses.py", "trainer.py", "objectives.py"} & files
+
+
+def test_hash_follows_the_stage_function_not_other_functions_of_cli():
+    assert codedeps.stage_hash("cmd_train") != codedeps.stage_hash("cmd_generate")
+    assert codedeps.stage_hash("synthetic") == codedeps.stage_hash("synthetic")  # stable
+    assert "synthetic.py" in _names("synthetic") and "gold.py" in _names("synthetic")

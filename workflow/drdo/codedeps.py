@@ -1,0 +1,124 @@
+"""Which source files a stage executes, and a hash of them, so Snakemake re-runs a stage when
+(and only when) its code changes.
+
+A stage is a ``cmd_*`` function of ``cli.py`` (or a module run with ``python -m drdo.X``). Its
+code is the source of that function and of the ``cli.py`` helpers it calls, plus every module
+of the package it reaches by import, transitively, plus the entry points (``__main__``,
+``launch``). So editing ``losses.py`` changes the hash of ``train`` but not of ``generate``,
+editing ``cmd_generate`` changes only ``generate``, and editing the README changes nothing.
+
+Standard library only: the Snakefile loads this file directly (it hashes the tree it sits in).
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+from functools import lru_cache
+from pathlib import Path
+
+PKG = Path(__file__).resolve().parent
+ENTRY = ("__init__.py", "__main__.py", "launch.py")
+
+
+def _resolve(module: Path, level: int, name: str | None) -> Path:
+    """The package directory or module stem that ``from <level dots><name>`` in ``module`` names."""
+    base = module.parent
+    for _ in range(level - 1):
+        base = base.parent
+    return base.joinpath(*name.split(".")) if name else base
+
+
+def _as_file(stem: Path) -> Path | None:
+    for candidate in (stem.with_suffix(".py"), stem / "__init__.py"):
+        if candidate.is_file() and PKG in candidate.parents:
+            return candidate
+    return None
+
+
+@lru_cache(maxsize=None)
+def _imports(module: Path) -> frozenset[Path]:
+    """Package modules that ``module`` imports (relative imports, or absolute ``drdo.*``)."""
+    found = set()
+    for node in ast.walk(ast.parse(module.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = _resolve(module, node.level, node.module)
+            elif node.module and node.module.split(".")[0] == PKG.name:
+                base = PKG.parent.joinpath(*node.module.split("."))
+            else:
+                continue
+            for alias in node.names:  # `from . import io` names a module; `from .io import x` does not
+                found.add(_as_file(base / alias.name) or _as_file(base))
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == PKG.name:
+                    found.add(_as_file(PKG.parent.joinpath(*alias.name.split("."))))
+    return frozenset(f for f in found if f is not None)
+
+
+def _closure(modules: set[Path]) -> set[Path]:
+    """``modules`` and what they import, transitively; cli.py counts function by function
+    (``_cli_parts``), never as a whole, or every stage would depend on every module."""
+    cli = PKG / "cli.py"
+    todo, seen = list(modules), set()
+    while todo:
+        m = todo.pop()
+        if m not in seen and m != cli:
+            seen.add(m)
+            todo.extend(_imports(m))
+    return seen
+
+
+def _cli_parts(command: str) -> tuple[list[str], set[Path]]:
+    """Sources of ``command`` and the cli.py functions it calls; the modules their names refer to."""
+    cli = PKG / "cli.py"
+    source = cli.read_text()
+    tree = ast.parse(source)
+    functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    imported = {}  # name bound by an import in cli.py -> the module file it comes from
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = _resolve(cli, node.level, node.module)
+            for alias in node.names:
+                f = _as_file(base / alias.name) or _as_file(base)
+                if f:
+                    imported[alias.asname or alias.name] = f
+    if command not in functions:
+        raise KeyError(f"cli.py has no function {command!r}")
+    sources, modules, todo, seen = [], set(), [command], set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        sources.append(ast.get_source_segment(source, functions[name]))
+        for node in ast.walk(functions[name]):
+            if isinstance(node, ast.Name):
+                if node.id in functions:
+                    todo.append(node.id)
+                elif node.id in imported:
+                    modules.add(imported[node.id])
+    return sorted(sources), modules
+
+
+def stage_files(stage: str) -> list[Path]:
+    """Package files a stage executes: ``cmd_<stage>`` of cli.py, or a module such as ``synthetic``."""
+    if (PKG / "cli.py").is_file() and stage.startswith("cmd_"):
+        modules = _cli_parts(stage)[1]
+    else:
+        modules = {PKG / f"{stage}.py"}
+    entry = {PKG / e for e in ENTRY if (PKG / e).is_file()}  # run every stage; hashed, not followed
+    return sorted(_closure(modules) | entry)
+
+
+@lru_cache(maxsize=None)
+def stage_hash(stage: str) -> str:
+    h = hashlib.sha256()
+    if stage.startswith("cmd_"):
+        for src in _cli_parts(stage)[0]:
+            h.update(src.encode())
+    for f in stage_files(stage):
+        h.update(str(f.relative_to(PKG)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]

@@ -7,11 +7,14 @@ The first DeepSpeed run on a machine compiles a small communication extension (~
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -62,16 +65,17 @@ def _train(inputs: Path, name: str, objective: str, params: dict, processes: int
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=480)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert f"world size {processes}" in proc.stderr
+    (inputs / f"{name}.log").write_text(proc.stderr)
     return out
 
 
-def _assert_same_run(a: Path, b: Path, atol: float):
+def _assert_same_run(a: Path, b: Path, atol: float, steps: int = PARAMS["max_steps"]):
     wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
     assert wa.keys() == wb.keys()
     for k in wa:
         torch.testing.assert_close(wb[k], wa[k], rtol=0, atol=atol, msg=lambda m, k=k: f"{k}: {m}")
     ma, mb = pd.read_parquet(a / "metrics.parquet"), pd.read_parquet(b / "metrics.parquet")
-    assert list(ma.columns) == list(mb.columns) and len(ma) == PARAMS["max_steps"]
+    assert list(ma.columns) == list(mb.columns) and len(ma) == steps
     for col in ma.columns:
         assert mb[col].tolist() == pytest.approx(ma[col].tolist(), rel=1e-5, abs=1e-6), col
 
@@ -98,6 +102,37 @@ def test_launcher_commands():
     assert cmd[1:4] == ["-m", "drdo", "--threads"] and cmd[4] == "4" and env["OMP_NUM_THREADS"] == "4"
     cmd, env = command(2, 4, ["train", "--params", json.dumps({"deepspeed": "z.json"})])
     assert "--use_deepspeed" in cmd and cmd[cmd.index("--num_processes") + 1] == "2" and env["OMP_NUM_THREADS"] == "2"
-    assert "--multi_gpu" in command(2, 2, ["train", "--params", "{}"])[0]
+    assert "--multi_gpu" in command(2, 2, ["--lineage", "abc", "train", "--params", "{}"])[0]
     with pytest.raises(ValueError, match="resources"):
         command(2, 2, ["generate", "--params", "{}"])
+
+
+def test_zero2_job_killed_midway_resumes_to_the_same_weights(inputs):
+    """Resume state under ZeRO-2 (accelerate's save_state: DeepSpeed's checkpoint and every
+    rank's RNG): kill a 2-rank job after a save, re-run it, end where an uninterrupted run ends."""
+    params = {**DRDO, "deepspeed": str(REPO / "config" / "deepspeed" / "zero2.json"), "max_steps": 6,
+              "save_every": 1}
+    full = _train(inputs, "zero2-full", "drdo", params, 2)
+    name = "zero2-killed"
+    args = ["train", "--objective", "drdo", "--params", json.dumps(params), "--init", str(inputs / "init"),
+            "--out", str(inputs / name), "--resume", str(inputs / ".resume" / name),
+            "--data", str(inputs / "pairs.parquet"), "--tables", str(inputs / "oracle.parquet")]
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'workflow'}:{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.Popen([sys.executable, "-m", "drdo.launch", "--processes", "2", "--threads", "2", "--", *args],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    meta = inputs / ".resume" / name / "drdo_resume.json"
+    deadline = time.monotonic() + 300
+    while not (meta.exists() and json.loads(meta.read_text())["step"] >= 2):
+        assert proc.poll() is None and time.monotonic() < deadline, "job ended before saving twice"
+        time.sleep(0.2)
+    # the whole tree, as a cluster's kill would: torchrun starts its ranks in sessions of their own
+    tree = [proc_, *proc_.children(recursive=True)] if (proc_ := psutil.Process(proc.pid)) else []
+    for p in tree:
+        p.send_signal(signal.SIGKILL)
+    psutil.wait_procs(tree, timeout=30)
+    proc.wait()
+    assert not (inputs / name).exists()
+    _train(inputs, name, "drdo", params, 2)
+    assert "resumed from" in (inputs / f"{name}.log").read_text()
+    _assert_same_run(full, inputs / name, atol=1e-6, steps=6)
+    assert not (inputs / ".resume" / name).exists()

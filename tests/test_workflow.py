@@ -132,6 +132,7 @@ winrates: {{scorers: [oracle]}}
 
 def _copy_of_repo(dest: Path) -> Path:
     """The workflow's own files (Snakefile, workflow/, config/) in ``dest``, to edit its code."""
+    dest.mkdir()
     for part in ("Snakefile", "workflow", "config"):
         src = REPO / part
         if src.is_dir():

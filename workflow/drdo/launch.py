@@ -23,6 +23,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+VALUED = ("--threads", "--lineage", "--expect-lineage")  # python -m drdo's options that take a value
+
+
+def _stage(args: list[str]) -> str | None:
+    """The stage named in ``python -m drdo`` arguments (the first word not an option or its value)."""
+    i = 0
+    while i < len(args):
+        if args[i] in VALUED:
+            i += 2
+        elif args[i].startswith("-"):
+            i += 1
+        else:
+            return args[i]
+    return None
+
+
 def command(processes: int, threads: int, args: list[str]) -> tuple[list[str], dict]:
     """The command line and extra environment that run ``python -m drdo ARGS`` on ``processes`` ranks."""
     per_rank = max(1, threads // max(1, processes))
@@ -30,7 +46,7 @@ def command(processes: int, threads: int, args: list[str]) -> tuple[list[str], d
     env = {"OMP_NUM_THREADS": str(per_rank)}
     if processes <= 1:
         return [sys.executable, "-m", "drdo", *drdo], env
-    stage = next((a for a in args if not a.startswith("-")), None)
+    stage = _stage(args)
     if stage != "train":
         raise ValueError(f"stage {stage!r} runs on one process; set its resources.<rule>.gpu to 0 or 1")
     params = json.loads(args[args.index("--params") + 1]) if "--params" in args else {}

@@ -165,31 +165,45 @@ def _checkpointing(model, on: bool) -> None:
         hf.gradient_checkpointing_disable()
 
 
+def _sibling(path: Path, suffix: str) -> Path:
+    return path.with_name(path.name + suffix)
+
+
 def _save_resume(acc: Accelerator, path: Path, meta: dict) -> None:
-    """Every rank writes its part under ``path``.tmp; rank 0 swaps it in once all are done."""
-    tmp = path.with_name(path.name + ".tmp")
+    """Every rank writes its part under ``path``.tmp; rank 0 then swaps it in by renames only,
+    so a job killed at any moment leaves a complete state at ``path`` or ``path``.old."""
+    tmp, old = _sibling(path, ".tmp"), _sibling(path, ".old")
     if acc.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     acc.wait_for_everyone()
     acc.save_state(str(tmp), safe_serialization=False)  # tied embeddings: no safetensors
     acc.wait_for_everyone()
     if acc.is_main_process:
-        (tmp / RESUME_META).write_text(json.dumps(meta))
-        shutil.rmtree(path, ignore_errors=True)
+        (tmp / RESUME_META).write_text(json.dumps(meta))  # written last: marks the state complete
+        shutil.rmtree(old, ignore_errors=True)
+        if path.exists():
+            os.replace(path, old)
         os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
     acc.wait_for_everyone()
 
 
 def _load_resume(acc: Accelerator, path: Path | None, key: str) -> dict | None:
-    meta_file = path / RESUME_META if path else None
-    if not meta_file or not meta_file.exists():
-        return None
-    meta = json.loads(meta_file.read_text())
-    if meta["key"] != key:
-        log.info("ignoring stale resume state %s (different run)", path)
-        return None
-    acc.load_state(str(path))
-    return meta
+    for candidate in ([path, _sibling(path, ".old")] if path else []):
+        if (candidate / RESUME_META).exists():
+            meta = json.loads((candidate / RESUME_META).read_text())
+            if meta["key"] != key:
+                log.info("ignoring stale resume state %s (different run)", candidate)
+                return None
+            acc.load_state(str(candidate))
+            log.info("resumed from %s", candidate)
+            return meta
+    return None
+
+
+def _remove_resume(path: Path) -> None:
+    for p in (path, _sibling(path, ".tmp"), _sibling(path, ".old")):
+        shutil.rmtree(p, ignore_errors=True)
 
 
 def train(model, examples: list[Example], objective: Objective, cfg: TrainConfig, pad_id: int,
@@ -218,7 +232,7 @@ def train(model, examples: list[Example], objective: Objective, cfg: TrainConfig
     meta = _load_resume(acc, resume_path, key)
     start, history = (meta["step"], meta["history"]) if meta else (0, [])
     if meta:
-        log.info("resumed from %s at step %d/%d", resume_path, start, steps)
+        log.info("resuming at step %d/%d", start, steps)
 
     log.info("%s: %d examples, %d steps of %d (batch %d x accum %d), world size %d, %s on %s",
              objective.name, len(examples), steps, per_step, cfg.batch_size, cfg.grad_accum, world,
@@ -259,7 +273,7 @@ def train(model, examples: list[Example], objective: Objective, cfg: TrainConfig
             _save_resume(acc, resume_path, {"key": key, "step": step + 1, "history": history})
     acc.wait_for_everyone()
     if resume_path and acc.is_main_process:
-        shutil.rmtree(resume_path, ignore_errors=True)
+        _remove_resume(resume_path)
     if cfg.gradient_checkpointing:
         _checkpointing(model, False)
     model.eval()

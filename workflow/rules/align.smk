@@ -19,6 +19,6 @@ rule align:
     conda:
         ENV
     shell:
-        launch("align") + " --lineage {params.lineage} train --objective {wildcards.method} --params {params.cfg:q}"
+        LAUNCH + " --lineage {params.lineage} train --objective {wildcards.method} --params {params.cfg:q}"
         " --init {input.sft} --data {input.data} --tables {input.tables} --out {output}"
         " --resume {params.resume} > {log} 2>&1"

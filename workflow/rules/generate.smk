@@ -17,5 +17,5 @@ rule generate:
     conda:
         ENV
     shell:
-        launch("generate") + " --lineage {params.lineage} generate --params {params.cfg:q} --policy {input.policy}"
+        LAUNCH + " --lineage {params.lineage} generate --params {params.cfg:q} --policy {input.policy}"
         " --prompts {input.prompts} --out {output} > {log} 2>&1"

@@ -18,5 +18,5 @@ rule oracle:
     conda:
         ENV
     shell:
-        launch("oracle") + " --lineage {params.lineage} train --objective oracle --params {params.cfg:q}"
+        LAUNCH + " --lineage {params.lineage} train --objective oracle --params {params.cfg:q}"
         " --init {input.sft} --data {input.data} --out {output} --resume {params.resume} > {log} 2>&1"

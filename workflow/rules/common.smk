@@ -71,9 +71,6 @@ def res(name, key):
     return config["resources"].get(name, {}).get(key, config["resources"]["default"][key])
 
 
-# How a torch job starts its stage: one process, or one rank per GPU for training. It reads the
-# job's resources, so a profile's set-resources changes what is launched too.
-LAUNCH = "python -m drdo.launch --processes {resources.gpu} --threads {threads} --"
 
 
 # ---------------------------------------------------------------- code and lineage

@@ -1,5 +1,6 @@
 import json
 import os
+import shlex
 from pathlib import Path
 
 import yaml
@@ -23,6 +24,13 @@ METHODS = config["align"]["methods"]
 SPLITS = config["align"]["splits"]
 MEMBERS = list(range(config["ensemble"]["size"]))
 GOLD = config["synthetic"].get("gold", {})  # gold-reward parameters of the synthetic world
+LENGTHS = config["lengths"]
+if LENGTHS["max_prompt_length"] + LENGTHS["max_new_tokens"] + 2 > LENGTHS["max_length"]:
+    raise ValueError("config key lengths.max_length must be >= lengths.max_prompt_length + "
+                     "lengths.max_new_tokens + 2 (BOS, EOS), so every generation can be scored whole")
+# What every tokenising stage needs: the token budgets and the prompt format.
+TOKENS = {"max_prompt_length": LENGTHS["max_prompt_length"], "max_length": LENGTHS["max_length"],
+          "chat_template": config["model"].get("chat_template", False)}
 POLICIES = ["sft"] + [f"{m}-{s}" for m in METHODS for s in SPLITS]
 ENV = "../../envs/drdo.yaml"
 
@@ -41,7 +49,7 @@ def as_json(obj):
 
 def train_params(*sections):
     """``train`` defaults overridden by each named section in turn, e.g. ("align", "drdo")."""
-    params = dict(config["train"])
+    params = {**config["train"], **TOKENS}
     for path in sections:
         node = config
         for key in path.split("."):
@@ -60,6 +68,22 @@ if config["data"]["source"] != "synthetic":
 
 SYNTHETIC_FILES = {"comparisons": "comparisons.jsonl", "sft_train": "sft_train.jsonl",
                    "sft_test": "sft_test.jsonl", "news": "news_test.jsonl"}
+
+
+def raw_inputs(wildcards):
+    """The normalise rule's local inputs (none for data.source: hub)."""
+    if config["data"]["source"] == "hub":
+        return {}
+    return {name: raw_file(name) for name in SYNTHETIC_FILES}
+
+
+def hub_specs():
+    """data.hub (dataset ids and pinned revisions) when the data comes from the hub."""
+    if config["data"]["source"] != "hub":
+        return {}
+    if not config["data"].get("hub"):
+        raise ValueError("config key data.hub must be set when data.source is 'hub'")
+    return {"hub": config["data"]["hub"]}
 
 
 def raw_file(name):
@@ -85,6 +109,7 @@ def oracle_params():
 
 def member_params(wildcards):
     params = train_params("ensemble")
+    del params["size"]  # a member does not depend on how many others there are
     params["head_seed"] = params["head_seed"] + int(wildcards.member)
     return as_json(params)
 

@@ -5,7 +5,8 @@ rule generate:
     output:
         f"{OUT}/generations/{{policy}}.parquet",
     params:
-        cfg=as_json(config["generate"]),
+        cfg=as_json({**config["generate"], "max_prompt_length": LENGTHS["max_prompt_length"],
+                     "max_new_tokens": LENGTHS["max_new_tokens"], "chat_template": TOKENS["chat_template"]}),
     threads: config["threads"]["default"]
     log:
         f"{OUT}/logs/generate_{{policy}}.log",

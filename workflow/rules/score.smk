@@ -1,4 +1,6 @@
-SCORE_PARAMS = as_json({**config["score"], "gold": GOLD})
+# The gold reward exists only in the synthetic world: real data gets no `gold` column.
+SCORE_PARAMS = as_json({**config["score"], **TOKENS,
+                        **({"gold": GOLD} if config["data"]["source"] == "synthetic" else {})})
 
 
 rule score_policy:

@@ -1,11 +1,14 @@
 # Precomputed per-pair values, keyed by pair_id (README: "Tables"), so neither the Oracle,
 # the ensemble nor the reference policy is in memory during alignment.
-TABLE_PARAMS = as_json({"max_length": config["train"]["max_length"], "batch_size": config["score"]["batch_size"]})
+TABLE_PARAMS = as_json({**TOKENS, "batch_size": config["score"]["batch_size"]})
+# Every pair any split holds (split.max_validation samples each split's validation pairs
+# on its own, so hc_he / lc_le may hold validation pairs that `all` does not).
+TABLE_PAIRS = expand(f"{OUT}/data/splits/{{split}}.parquet", split=["all", "hc_he", "lc_le"])
 
 
 rule oracle_table:
     input:
-        pairs=f"{OUT}/data/splits/all.parquet",
+        pairs=TABLE_PAIRS,
         oracle=f"{OUT}/models/oracle",
     output:
         f"{OUT}/tables/oracle_rewards.parquet",
@@ -23,7 +26,7 @@ rule oracle_table:
 
 rule ensemble_table:
     input:
-        pairs=f"{OUT}/data/splits/all.parquet",
+        pairs=TABLE_PAIRS,
         members=expand(f"{OUT}/models/rm{{member}}", member=MEMBERS),
     output:
         f"{OUT}/tables/ensemble_rewards.parquet",
@@ -42,7 +45,7 @@ rule ensemble_table:
 
 rule gold_table:
     input:
-        pairs=f"{OUT}/data/splits/all.parquet",
+        pairs=TABLE_PAIRS,
     output:
         f"{OUT}/tables/gold_rewards.parquet",
     params:
@@ -57,7 +60,7 @@ rule gold_table:
 
 rule reference_table:
     input:
-        pairs=f"{OUT}/data/splits/all.parquet",
+        pairs=TABLE_PAIRS,
         sft=f"{OUT}/models/sft",
     output:
         f"{OUT}/tables/reference_logps.parquet",

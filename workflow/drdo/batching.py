@@ -69,7 +69,9 @@ def _cut(tokenizer, text: str, ids: list[int], budget: int, document: str | None
         return ids[-budget:]
     end = start + len(document)
     offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-    n_head = sum(1 for s, _ in offsets if s < end)            # prefix + document tokens
+    # a token across the document's end (SentencePiece may merge "word\nTL;DR:") goes with
+    # the suffix: the instruction is kept whole
+    n_head = sum(1 for _, e in offsets if e <= end)           # prefix + document tokens
     n_prefix = sum(1 for _, e in offsets if e <= start)       # tokens before the document
     keep = budget - (len(ids) - n_head)
     if keep <= n_prefix:

@@ -292,3 +292,26 @@ def test_pad_equal_to_eos_keeps_the_real_eos(spm):
     assert batch["loss_mask"][0, n - 1] == 1  # the EOS is a labelled token
     assert batch["input_ids"][0, n:].eq(spm.eos_token_id).all()  # padding with the same id is not labelled
     assert batch["attention_mask"][1].all() and batch["loss_mask"][1, -1] == 1
+
+
+# ---------------------------------------------------------------- scores on real data
+
+def test_score_writes_gold_only_for_the_synthetic_world(bpe, tmp_path):
+    oracle = tmp_path / "oracle"
+    LMWithRewardHead(tiny_llama(bpe, ARCH, seed=0), head_seed=0).save_pretrained(oracle)
+    bpe.save_pretrained(oracle)
+    prompts = pd.DataFrame({"eval_set": ["news", "tldr"], "prompt_id": ["a", "b"], "prompt": [PROMPT, "the cat"],
+                            "document": [POST, "the cat"], "reference": [SUMMARY, "sat"]})
+    io.write_parquet(prompts, tmp_path / "prompts.parquet", {})
+    base = {"max_length": 300, "max_prompt_length": 200, "batch_size": 2}
+
+    def run(params, out):
+        main(["score", "--params", json.dumps(params), "--prompts", str(tmp_path / "prompts.parquet"),
+              "--oracle", str(oracle), "--policy", "reference", "--split", "-", "--out", str(tmp_path / out)])
+        return io.read_parquet(tmp_path / out)
+
+    real = run(base, "real.parquet")
+    assert "gold" not in real.columns and real["oracle"].notna().all()
+    synthetic = run({**base, "gold": {}}, "synthetic.parquet")
+    assert "gold" in synthetic.columns
+    pd.testing.assert_series_equal(real["oracle"], synthetic["oracle"])

@@ -25,7 +25,7 @@ SPLITS = config["align"]["splits"]
 MEMBERS = list(range(config["ensemble"]["size"]))
 GOLD = config["synthetic"].get("gold", {})  # gold-reward parameters of the synthetic world
 LENGTHS = config["lengths"]
-if LENGTHS["max_prompt_length"] + LENGTHS["max_new_tokens"] + 2 > LENGTHS["max_length"]:
+if sum((LENGTHS["max_prompt_length"], LENGTHS["max_new_tokens"], 2)) > LENGTHS["max_length"]:
     raise ValueError("config key lengths.max_length must be >= lengths.max_prompt_length + "
                      "lengths.max_new_tokens + 2 (BOS, EOS), so every generation can be scored whole")
 # What every tokenising stage needs: the token budgets and the prompt format.

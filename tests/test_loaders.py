@@ -3,8 +3,6 @@
 import hashlib
 import json
 import logging
-import sys
-import types
 from pathlib import Path
 
 import pandas as pd
@@ -110,25 +108,6 @@ def test_parquet_and_json_sources_match_jsonl(tmp_path, comparisons):
         df, drops = load_comparisons(tmp_path / name)
         pd.testing.assert_frame_equal(df, expected)
         assert sum(drops.values()) == 0
-
-
-def test_hf_source_goes_through_load_dataset(monkeypatch, comparisons):
-    # A stand-in `datasets` module: the hub itself is never contacted.
-    calls = []
-
-    def fake_load_dataset(name, config, split):
-        calls.append((name, config, split))
-        if name == "nobody/missing":
-            raise ConnectionError("offline")
-        return _valid_rows()
-
-    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=fake_load_dataset))
-    src = {"hf_dataset": "openai/summarize_from_feedback", "config": "comparisons", "split": "train"}
-    df, _ = load_comparisons(src)
-    pd.testing.assert_frame_equal(df, comparisons[0])
-    assert calls == [("openai/summarize_from_feedback", "comparisons", "train")]
-    with pytest.raises(RuntimeError, match="nobody/missing"):
-        load_news({"hf_dataset": "nobody/missing", "split": "test"})
 
 
 # ---------------------------------------------------------------------------- SFT / news

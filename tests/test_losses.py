@@ -69,7 +69,7 @@ def test_drdo_hand_value():
     assert terms["distill"].item() == pytest.approx(0.25)
 
 
-@pytest.mark.parametrize("gamma", [0.0, 1.0, 2.0, 5.0])
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 1.0, 2.0, 5.0])
 @pytest.mark.parametrize("z_w,z_l", [(-1.0, -2.0), (-30.0, -25.0), (-0.2, -0.05), (-400.0, -1e4)])
 def test_drdo_focal_gradient_matches_eq30(gamma, z_w, z_l):
     alpha = 0.1
@@ -83,12 +83,30 @@ def test_drdo_focal_gradient_matches_eq30(gamma, z_w, z_l):
     p = 1 / (1 + math.exp(-(z_w - z_l)))
     pi_l = math.exp(z_l)
     log_odds = z_w - math.log1p(-pi_l) if z_l < -math.log(2) else z_w - math.log(-math.expm1(z_l))
-    focal_grad = alpha * gamma * (1 - p) ** (gamma - 1) * p * (1 - p) * log_odds if gamma else 0.0
+    focal_grad = alpha * gamma * (1 - p) ** gamma * p * log_odds  # (1-p)^(gamma-1) * (1-p), Eq. 30
     # Eq. 30 with grad z_w = (1, 0), grad z_l = (0, 1); grad pi_l / (1 - pi_l) = pi_l/(1 - pi_l) dz_l
     eq30_w = focal_grad - alpha * (1 - p) ** gamma
     eq30_l = -focal_grad - alpha * (1 - p) ** gamma * pi_l / (1 - pi_l)
     assert g_w.item() == pytest.approx(eq30_w, rel=1e-9, abs=1e-300)
     assert g_l.item() == pytest.approx(eq30_l, rel=1e-9, abs=1e-300)
+
+
+@pytest.mark.parametrize("gamma", [0.25, 0.5, 0.9])
+def test_drdo_fractional_gamma_keeps_gradients_finite_when_p_w_saturates(gamma):
+    """The schema allows 0 < gamma < 1; once 1 - p_w underflows to 0 (a confident pair),
+    pow's derivative gamma * (1 - p_w)^(gamma - 1) is inf and the gradient NaN."""
+    zw = torch.tensor([-5.0, -20.0], requires_grad=True)  # float32: 1 - p_w = sigmoid(-200) == 0
+    zl = torch.tensor([-205.0, -21.0], requires_grad=True)
+    zero = torch.zeros(2)
+    loss, terms = drdo_loss(zw, zl, zero, zero, zero, zero, 0.1, gamma)
+    g_w, g_l = torch.autograd.grad(loss, (zw, zl))
+    assert torch.isfinite(loss) and torch.isfinite(g_w).all() and torch.isfinite(g_l).all()
+    # the saturated pair has (almost) no focal weight left; the other one is Eq. 30's
+    assert abs(g_w[0].item()) < 1e-20 and abs(g_l[0].item()) < 1e-20
+    p = 1 / (1 + math.exp(-1.0))
+    log_odds = -20.0 - math.log1p(-math.exp(-21.0))
+    expected_w = (0.1 * gamma * (1 - p) ** gamma * p * log_odds - 0.1 * (1 - p) ** gamma) / 2
+    assert g_w[1].item() == pytest.approx(expected_w, rel=1e-4)
 
 
 def test_drdo_gradient_reaches_student_reward_only_through_distillation():

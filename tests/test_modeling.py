@@ -73,33 +73,38 @@ class _SpyTokenizer:
     def __init__(self, tok):
         self.tok, self.calls = tok, []
         self.bos_token_id, self.eos_token_id = tok.bos_token_id, tok.eos_token_id
+        self.bos_token = tok.bos_token
 
     def __call__(self, text, **kw):
         self.calls.append((text, kw))
         return self.tok(text, **kw)
 
 
-def test_encode_makes_two_tokenizer_calls_without_special_tokens(tok):
+def test_encode_tokenizer_calls_without_special_tokens(tok):
     spy = _SpyTokenizer(tok)
     assert encode(spy, PROMPT, SUMMARY, 1000) == encode(tok, PROMPT, SUMMARY, 1000)
-    assert spy.calls == [(PROMPT, {"add_special_tokens": False}),
-                         (" " + SUMMARY, {"add_special_tokens": False})]
+    # the response is tokenised after a probe word (no stray SentencePiece "▁"), then the probe removed
+    assert spy.calls == [("a", {"add_special_tokens": False}),
+                         ("a " + SUMMARY, {"add_special_tokens": False}),
+                         (PROMPT, {"add_special_tokens": False})]
 
 
 @pytest.mark.parametrize("extra", [0, 1, 2, 5])
-def test_encode_truncation_keeps_masks_aligned(tok, extra):
+def test_encode_over_budget_cuts_the_prompt_never_the_response(tok, extra):
     full = encode(tok, PROMPT, SUMMARY, 1000)
-    n_prompt = 1 + len(_ids(tok, PROMPT))
-    max_length = n_prompt + extra
+    n_resp = sum(full.loss_mask)
+    max_length = len(full.input_ids) - extra
     enc = encode(tok, PROMPT, SUMMARY, max_length)
-    assert len(enc.input_ids) == len(enc.loss_mask) == max_length
-    assert enc.input_ids == full.input_ids[:max_length]
-    assert enc.loss_mask == [0] * n_prompt + [1] * extra
+    assert len(enc.input_ids) == len(enc.loss_mask) == max_length and enc.prompt_cut == extra
+    assert enc.input_ids[-n_resp:] == full.input_ids[-n_resp:] and sum(enc.loss_mask) == n_resp
+    assert enc.input_ids[0] == tok.bos_token_id  # BOS stays; the prompt loses its first tokens
 
 
-def test_encode_truncation_inside_prompt_and_train_on_prompt(tok):
-    enc = encode(tok, PROMPT, SUMMARY, 4)
-    assert enc.input_ids == encode_prompt(tok, PROMPT)[:4] and enc.loss_mask == [0, 0, 0, 0]
+def test_encode_too_long_response_and_train_on_prompt(tok):
+    from drdo.batching import TooLong
+
+    with pytest.raises(TooLong):
+        encode(tok, PROMPT, SUMMARY, 4)
     all_on = encode(tok, PROMPT, SUMMARY, 1000, train_on_prompt=True)
     assert all_on.loss_mask == [1] * len(all_on.input_ids)
 
@@ -242,14 +247,14 @@ def test_plain_lm_directory_gets_seeded_head(tok, tmp_path):
     lm = tiny_llama(tok, ARCH, seed=7)
     lm.save_pretrained(tmp_path)
     assert not has_reward_head(tmp_path)
-    h1a = LMWithRewardHead.from_pretrained(tmp_path, head_seed=1).head
-    h1b = LMWithRewardHead.from_pretrained(tmp_path, head_seed=1).head
-    h2 = LMWithRewardHead.from_pretrained(tmp_path, head_seed=2).head
+    h1a = LMWithRewardHead.from_pretrained(tmp_path, new_head=True, head_seed=1).head
+    h1b = LMWithRewardHead.from_pretrained(tmp_path, new_head=True, head_seed=1).head
+    h2 = LMWithRewardHead.from_pretrained(tmp_path, new_head=True, head_seed=2).head
     torch.testing.assert_close(h1a.weight, h1b.weight, rtol=0, atol=0)
     assert not torch.equal(h1a.weight, h2.weight)
     assert h1a.bias.item() == 0.0 and h2.bias.item() == 0.0
     assert h1a.weight.shape == (1, ARCH["hidden_size"])
-    loaded = LMWithRewardHead.from_pretrained(tmp_path, head_seed=1)
+    loaded = LMWithRewardHead.from_pretrained(tmp_path, new_head=True, head_seed=1)
     assert loaded.lm.config.use_cache is False
     for k, v in lm.state_dict().items():
         torch.testing.assert_close(loaded.lm.state_dict()[k], v)

@@ -40,7 +40,7 @@ def test_filter_length_counts():
     df = pd.DataFrame({"prompt": ["p q\nTL;DR:"] * 3,
                        "chosen": ["a b", "a", "a b c d"],
                        "rejected": ["a", "a b c", "a"]})
-    kept, n = filter_length(df, lambda s: len(s.split()), max_length=5)
+    kept, n = filter_length(df, lambda p, r, d: len(p.split()) + len(r.split()), max_length=5)
     assert n == 2  # rows 1 (rejected 3 + 3 = 6) and 2 (chosen 3 + 4 = 7) are too long
     assert kept["chosen"].tolist() == ["a b"]  # row 0 is exactly 5: kept
     assert kept.index.tolist() == [0]

@@ -80,7 +80,26 @@ def test_artifacts_record_provenance(workdir):
     metrics = pd.read_parquet(out / "models" / "drdo-hc_he" / "metrics.parquet")
     assert {"loss", "distill", "focal", "implicit_acc", "logp_chosen", "logp_rejected"} <= set(metrics.columns)
     assert "bayes_optimal_acc" in io.read_provenance(out / "models" / "oracle")["validation"]
-    assert not list(out.rglob("*.tmp")) and not (out / ".resume").exists() or not any((out / ".resume").iterdir())
+    assert leftover_temp_files(out) == []
+
+
+def leftover_temp_files(out: Path) -> list[Path]:
+    """Resume states (``*.tmp`` while written, ``.resume/*`` until training ends) and abandoned
+    ``io.atomic_path`` folders (hidden siblings ``.<name>.<random>``)."""
+    found = [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    found += [p for p in out.rglob(".*") if p.name not in (".resume", ".snakemake_timestamp")]
+    resume = out / ".resume"
+    return sorted(set(found + (list(resume.iterdir()) if resume.exists() else [])))
+
+
+def test_leftover_check_sees_abandoned_files(tmp_path):
+    (tmp_path / ".resume").mkdir()
+    assert leftover_temp_files(tmp_path) == []
+    abandoned = tmp_path / "tables" / ".oracle_rewards.parquet.x1y2"
+    abandoned.mkdir(parents=True)
+    (abandoned / "oracle_rewards.parquet").write_text("half")
+    (tmp_path / ".resume" / "sft.pt").write_text("state")
+    assert set(leftover_temp_files(tmp_path)) >= {abandoned, tmp_path / ".resume" / "sft.pt"}
 
 
 def test_second_run_does_nothing(workdir):
@@ -95,16 +114,29 @@ def test_gamma_change_reruns_only_drdo(workdir):
     assert jobs == {"align": 3, "generate": 3, "score_policy": 3, "winrates": 1}
 
 
+def test_ensemble_size_change_trains_only_the_new_member(workdir):
+    jobs = planned_jobs(snakemake(workdir, "-n", f"{OUT}/winrates.csv", override="ensemble: {size: 3}"))
+    assert jobs == {"reward_model": 1, "ensemble_table": 1, "align": 3, "generate": 3, "score_policy": 3,
+                    "winrates": 1}
+
+
 def test_seed_change_reruns_everything(workdir):
     jobs = planned_jobs(snakemake(workdir, "-n", f"{OUT}/winrates.csv", override="synthetic: {seed: 7}"))
     assert jobs["synthetic_world"] == 1 and jobs["align"] == 9 and jobs["reward_model"] == 2
     assert sum(jobs.values()) == 1 + 1 + 1 + 1 + 1 + 1 + 2 + 3 + 9 + 10 + 11 + 1
 
 
-def test_bad_config_stops_before_any_job(tmp_path):
-    proc = snakemake(tmp_path, "-n", override="align: {drdo: {gamma: -1}}", check=False)
+@pytest.mark.parametrize("override, key", [
+    ("align: {drdo: {gamma: -1}}", "gamma"),
+    ("sft: {alpha: 1}", "alpha"),              # a key of another section: not silently ignored
+    ("align: {dpo: {gamma: 2.0}}", "gamma"),
+    ("lengths: {max_length: 100}", "lengths.max_length"),
+    ("{data: {source: hub}, winrates: {scorers: [oracle]}}", "data.hub"),
+])
+def test_bad_config_stops_before_any_job(tmp_path, override, key):
+    proc = snakemake(tmp_path, "-n", override=override, check=False)
     assert proc.returncode != 0
-    assert "gamma" in proc.stdout + proc.stderr
+    assert key in proc.stdout + proc.stderr
     assert not (tmp_path / OUT).exists()
 
 

@@ -20,7 +20,7 @@ import torch
 
 from . import gold, io, objectives
 from .base_model import build_base
-from .batching import encode
+from .batching import TooLong, encode
 from .data import loaders, splits
 from .generation import generate
 from .modeling import LMWithRewardHead, for_inference, load_causal_lm, load_tokenizer
@@ -32,18 +32,33 @@ log = logging.getLogger("drdo")
 
 
 # --------------------------------------------------------------------------- data
+RAW_SOURCES = ("comparisons", "sft_train", "sft_test", "news")
+
+
+def _raw_source(a, name: str):
+    """A local file (``--comparisons`` etc.) or the dataset spec under ``params.hub.<name>``."""
+    path = getattr(a, name)
+    if path:
+        return path
+    spec = a.params.get("hub", {}).get(name)
+    if not spec:
+        raise ValueError(f"no source for {name}: pass --{name.replace('_', '-')} or set data.hub.{name}")
+    return spec
+
+
 def cmd_normalise(a) -> None:
     p = a.params
-    pairs, drops = loaders.load_comparisons(a.comparisons)
+    src = {name: _raw_source(a, name) for name in RAW_SOURCES}
+    pairs, drops = loaders.load_comparisons(src["comparisons"])
     log.info("comparisons: kept %d pairs; dropped %s", len(pairs), drops)
-    sft, sft_drops = loaders.load_sft(a.sft_train)
+    sft, sft_drops = loaders.load_sft(src["sft_train"])
     log.info("sft: kept %d rows; dropped %s", len(sft), sft_drops)
-    sft_test, test_drops = loaders.load_sft(a.sft_test)
-    news, news_drops = loaders.load_news(a.news)
+    sft_test, test_drops = loaders.load_sft(src["sft_test"])
+    news, news_drops = loaders.load_news(src["news"])
     log.info("eval sources: tldr %d (dropped %s), news %d (dropped %s)", len(sft_test), test_drops,
              len(news), news_drops)
     evals = loaders.eval_prompts(sft_test, news, p["n_tldr"], p["n_news"], p["seed"])
-    inputs = {"comparisons": a.comparisons, "sft_train": a.sft_train, "sft_test": a.sft_test, "news": a.news}
+    inputs = {k: v for k, v in src.items() if not isinstance(v, dict)}  # hub specs are in params
     prov = io.provenance("normalise", p, inputs)
     io.write_parquet(pairs, a.out_pairs, {**prov, "drops": drops})
     io.write_parquet(sft, a.out_sft, {**prov, "drops": sft_drops})
@@ -59,17 +74,28 @@ def cmd_base(a) -> None:
     _save_checkpoint(model, tokenizer, a.out, io.provenance("base", a.params, {"pairs": a.pairs, "sft": a.sft}))
 
 
+def _lengths(p: dict) -> dict:
+    """The encode() keyword arguments every stage takes from the config's ``lengths``."""
+    return {"max_prompt_length": p["max_prompt_length"], "chat": p.get("chat_template", False)}
+
+
 def cmd_split(a) -> None:
     p = a.params
     pairs = io.read_parquet(a.pairs)
     tokenizer = load_tokenizer(a.base)
-    n_tokens = lambda s: len(tokenizer(s, add_special_tokens=False)["input_ids"]) + 2  # noqa: E731 (+BOS/EOS)
-    pairs, n_long = splits.filter_length(pairs, n_tokens, p["max_length"])
+
+    def length(prompt: str, response: str, document: str) -> int:  # exactly the training tokens
+        return len(encode(tokenizer, prompt, response, None, document=document, **_lengths(p)).input_ids)
+
+    pairs, n_long = splits.filter_length(pairs, length, p["max_length"])
     log.info("dropped %d pairs longer than max_length=%d tokens; %d remain", n_long, p["max_length"], len(pairs))
     tokenize = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
     pairs["edit_distance"] = splits.pair_edit_distances(pairs, tokenize, p["edit_distance"])
     parts, thresholds = splits.assign_splits(pairs, p["quantile"])
-    log.info("thresholds: %s", thresholds)
+    if p.get("max_validation"):
+        parts = splits.cap_validation(parts, p["max_validation"], p.get("seed", 0))
+    log.info("thresholds: %s; validation pairs per split: %s", thresholds,
+             {k: int((v["split"] == "validation").sum()) for k, v in parts.items()})
     prov = io.provenance("split", p, {"pairs": a.pairs, "base": a.base})
     for name, df in parts.items():
         io.write_parquet(df, Path(a.out_dir) / f"{name}.parquet", {**prov, "thresholds": thresholds,
@@ -86,11 +112,15 @@ def cmd_train(a) -> None:
     cfg = TrainConfig.from_params(p)
     acc = make_accelerator(cfg)  # before any model: sets up the process group under a launcher
     tokenizer = load_tokenizer(a.init)
-    # fp32 master weights whatever train.dtype says (it is the compute dtype: autocast / DeepSpeed bf16)
-    if objective.reward_head:
-        model = LMWithRewardHead.from_pretrained(a.init, head_seed=p.get("head_seed", 0))
+    # Paired objectives compare log-probs (with the reference's, or chosen with rejected):
+    # dropout off, as TRL does. SFT keeps the model's dropout. Weights load in fp32 whatever
+    # train.dtype says (the compute dtype: autocast / DeepSpeed bf16 keep fp32 masters).
+    dropout = not objective.paired
+    if objective.reward_head:  # the Oracle, ensemble members and DRDO student start from SFT
+        model = LMWithRewardHead.from_pretrained(a.init, new_head=True, head_seed=p.get("head_seed", 0),
+                                                 dropout=dropout)
     else:
-        model = load_causal_lm(a.init)
+        model = load_causal_lm(a.init, dropout=dropout)
     data = io.read_parquet(a.data)
     for table in a.tables:
         data = _join_table(data, table, objective.columns)
@@ -124,12 +154,27 @@ def cmd_train(a) -> None:
 
 
 def _examples(df: pd.DataFrame, tokenizer, objective, p: dict) -> list[Example]:
-    enc = lambda prompt, resp: encode(tokenizer, prompt, resp, p["max_length"], p.get("train_on_prompt", False))  # noqa: E731
-    if not objective.paired:
-        return [Example([enc(r.prompt, r.response)]) for r in df.itertuples()]
+    """Encoded rows; a row whose response cannot fit ``max_length`` is dropped (counted),
+    never cut. Prompts over budget keep the document's head and the instruction."""
+    def enc(r, side):
+        return encode(tokenizer, r["prompt"], r[side], p["max_length"], p.get("train_on_prompt", False),
+                      document=r.get("document"), **_lengths(p))
+
+    sides = ["chosen", "rejected"] if objective.paired else ["response"]
     cols = list(objective.columns)
-    return [Example([enc(r["prompt"], r["chosen"]), enc(r["prompt"], r["rejected"])], {c: float(r[c]) for c in cols})
-            for r in df[["prompt", "chosen", "rejected", *cols]].to_dict("records")]
+    out, too_long, cut = [], 0, 0
+    for r in df.to_dict("records"):
+        try:
+            seqs = [enc(r, side) for side in sides]
+        except TooLong:
+            too_long += 1
+            continue
+        cut += any(s.prompt_cut for s in seqs)
+        out.append(Example(seqs, {c: float(r[c]) for c in cols}))
+    if too_long or cut:
+        log.warning("%d of %d rows dropped: response longer than max_length=%d allows; %d prompts cut to fit",
+                    too_long, len(df), p["max_length"], cut)
+    return out
 
 
 def _join_table(data: pd.DataFrame, table_path: str, needed: tuple[str, ...]) -> pd.DataFrame:
@@ -160,18 +205,25 @@ def _save_checkpoint(model, tokenizer, out: str, prov: dict, metrics: pd.DataFra
 
 # --------------------------------------------------------------------------- tables, generation, scoring
 def cmd_table(a) -> None:
-    """Per pair, a value of each model for chosen and rejected: ``reward`` or ``logp``."""
-    pairs = io.read_parquet(a.pairs)
+    """Per pair, a value of each model for chosen and rejected: ``reward`` or ``logp``.
+
+    ``--pairs`` may name several split files: every pair any of them holds is scored once.
+    """
+    pairs = _read_pairs(a.pairs)
     table = pairs[["pair_id"]].copy()
-    inputs = {"pairs": a.pairs}
+    inputs = _pairs_inputs(a.pairs)
     for spec in a.model:
         prefix, path = spec.split("=", 1)
         inputs[prefix] = path
-        model = LMWithRewardHead.from_pretrained(path) if a.value == "reward" else load_causal_lm(path)
+        model = LMWithRewardHead.from_pretrained(path) if a.value == "reward" else load_causal_lm(path, dropout=False)
         model, tokenizer = for_inference(model, a.params.get("dtype", "float32")), load_tokenizer(path)
         for side in ("chosen", "rejected"):
             out = score(model, tokenizer, pairs["prompt"].tolist(), pairs[side].tolist(),
-                        a.params["max_length"], a.params["batch_size"])
+                        a.params["max_length"], a.params["batch_size"], documents=pairs["document"].tolist(),
+                        **_score_lengths(a.params))
+            if out["n_too_long"]:  # the split stage's filter uses the same encode(): never expected
+                raise ValueError(f"{out['n_too_long']} pairs of {a.pairs} do not fit max_length="
+                                 f"{a.params['max_length']}; rebuild the splits with the same lengths")
             table[f"{prefix}_{side}"] = out[a.value]
         log.info("%s: mean chosen %.4f, mean rejected %.4f", prefix, table[f"{prefix}_chosen"].mean(),
                  table[f"{prefix}_rejected"].mean())
@@ -179,14 +231,28 @@ def cmd_table(a) -> None:
     io.write_parquet(table, a.out, io.provenance("table", {**a.params, "value": a.value}, inputs))
 
 
+def _read_pairs(paths: list[str]) -> pd.DataFrame:
+    """Every pair the split files hold, once each, in first-seen order."""
+    pairs = pd.concat([io.read_parquet(f) for f in paths], ignore_index=True)
+    return pairs.drop_duplicates("pair_id", ignore_index=True)
+
+
+def _pairs_inputs(paths: list[str]) -> dict:
+    return {f"pairs{i}" if i else "pairs": f for i, f in enumerate(paths)}
+
+
+def _score_lengths(p: dict) -> dict:
+    return {"max_prompt_length": p.get("max_prompt_length"), "chat": p.get("chat_template", False)}
+
+
 def cmd_gold_table(a) -> None:
     """The synthetic world's gold reward of every chosen and rejected response (a diagnostic
     teacher for DRDO: what distillation does with a perfect Oracle)."""
-    pairs = io.read_parquet(a.pairs)
+    pairs = _read_pairs(a.pairs)
     table = pairs[["pair_id"]].assign(
         gold_chosen=gold.gold_rewards(pairs["document"], pairs["chosen"], a.params["gold"]),
         gold_rejected=gold.gold_rewards(pairs["document"], pairs["rejected"], a.params["gold"]))
-    io.write_parquet(table, a.out, io.provenance("gold_table", a.params, {"pairs": a.pairs}))
+    io.write_parquet(table, a.out, io.provenance("gold_table", a.params, _pairs_inputs(a.pairs)))
 
 
 def cmd_generate(a) -> None:
@@ -194,7 +260,7 @@ def cmd_generate(a) -> None:
     prompts = io.read_parquet(a.prompts)
     model, tokenizer = for_inference(load_causal_lm(a.policy), p.get("dtype", "float32")), load_tokenizer(a.policy)
     gen = generate(model, tokenizer, prompts, p["temperatures"], p["top_p"], p["max_new_tokens"],
-                   p["max_prompt_length"], p["batch_size"], p["seed"])
+                   p["max_prompt_length"], p["batch_size"], p["seed"], chat=p.get("chat_template", False))
     log.info("%d generations, %.1f%% ended with EOS, mean %.1f tokens", len(gen), 100 * gen["finished"].mean(),
              gen["n_tokens"].mean())
     io.write_parquet(gen, a.out, io.provenance("generate", p, {"policy": a.policy, "prompts": a.prompts}))
@@ -209,12 +275,18 @@ def cmd_score(a) -> None:
         gen = prompts.assign(response=prompts["reference"], temperature=np.nan)
     oracle = for_inference(LMWithRewardHead.from_pretrained(a.oracle), a.params.get("dtype", "float32"))
     out = score(oracle, load_tokenizer(a.oracle), gen["prompt"].tolist(), gen["response"].tolist(),
-                a.params["max_length"], a.params["batch_size"])
+                a.params["max_length"], a.params["batch_size"], documents=gen["document"].tolist(),
+                **_score_lengths(a.params))
+    if out["n_too_long"]:
+        log.warning("%d responses longer than max_length=%d allows: not scored (NaN), left out of the "
+                    "win-rates", out["n_too_long"], a.params["max_length"])
     scores = gen[["eval_set", "prompt_id", "temperature", "response"]].assign(
-        policy=a.policy, split=a.split, oracle=out["reward"],
-        gold=gold.gold_rewards(gen["document"], gen["response"], a.params["gold"]))
+        policy=a.policy, split=a.split, oracle=out["reward"])
+    if "gold" in a.params:  # the synthetic world's true reward; real text has none
+        scores["gold"] = gold.gold_rewards(gen["document"], gen["response"], a.params["gold"])
     for (eval_set, temp), g in scores.groupby(["eval_set", "temperature"], dropna=False):
-        log.info("%s T=%s: oracle %.3f gold %.3f", eval_set, temp, g["oracle"].mean(), g["gold"].mean())
+        log.info("%s T=%s: %s", eval_set, temp,
+                 " ".join(f"{c} {g[c].mean():.3f}" for c in ("oracle", "gold") if c in g))
     inputs = {"prompts": a.prompts, "oracle": a.oracle, **({"generations": a.generations} if a.generations else {})}
     io.write_parquet(scores, a.out, io.provenance("score", a.params, inputs))
 
@@ -256,16 +328,16 @@ def _parser() -> argparse.ArgumentParser:
                             **(arg[-1] if isinstance(arg[-1], dict) else {"required": True}))
         sp.set_defaults(fn=fn)
 
-    stage("normalise", cmd_normalise, ("--comparisons",), ("--sft-train",), ("--sft-test",), ("--news",),
+    stage("normalise", cmd_normalise, *((f"--{n.replace('_', '-')}", {"default": None}) for n in RAW_SOURCES),
           ("--out-pairs",), ("--out-sft",), ("--out-eval",))
     stage("base", cmd_base, ("--pairs",), ("--sft",), ("--out",))
     stage("split", cmd_split, ("--pairs",), ("--base",), ("--out-dir",), ("--out-table5",))
     stage("train", cmd_train, ("--objective", {"required": True, "choices": objectives.OBJECTIVES}),
           ("--init",), ("--data",), ("--out",), ("--tables", {"nargs": "*", "default": []}),
           ("--resume", {"default": None}))
-    stage("table", cmd_table, ("--pairs",), ("--model", {"action": "append", "required": True}),
+    stage("table", cmd_table, ("--pairs", {"nargs": "+", "required": True}), ("--model", {"action": "append", "required": True}),
           ("--value", {"required": True, "choices": ["reward", "logp"]}), ("--out",))
-    stage("gold-table", cmd_gold_table, ("--pairs",), ("--out",))
+    stage("gold-table", cmd_gold_table, ("--pairs", {"nargs": "+", "required": True}), ("--out",))
     stage("generate", cmd_generate, ("--policy",), ("--prompts",), ("--out",))
     stage("score", cmd_score, ("--prompts",), ("--oracle",), ("--policy",), ("--split",), ("--out",),
           ("--generations", {"default": None}))

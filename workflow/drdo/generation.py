@@ -10,13 +10,16 @@ from .batching import encode_prompt
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: pd.DataFrame, temperatures: list[float], top_p: float,
-             max_new_tokens: int, max_prompt_length: int, batch_size: int, seed: int) -> pd.DataFrame:
-    """One sampled response per (prompt, temperature). ``prompts`` has eval_set, prompt_id, prompt."""
+             max_new_tokens: int, max_prompt_length: int, batch_size: int, seed: int,
+             chat: bool = False) -> pd.DataFrame:
+    """One sampled response per (prompt, temperature). ``prompts`` has eval_set, prompt_id, prompt
+    and, optionally, document (an over-long prompt keeps the document's head and the
+    instruction after it; see ``batching.encode_prompt``)."""
     model.eval()
     model.config.use_cache = True
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
-    # keep the end of over-long prompts: the instruction ("TL;DR:") sits there
-    encoded = [encode_prompt(tokenizer, p)[-max_prompt_length:] for p in prompts["prompt"]]
+    docs = prompts["document"] if "document" in prompts else [None] * len(prompts)
+    encoded = [encode_prompt(tokenizer, p, max_prompt_length, d, chat) for p, d in zip(prompts["prompt"], docs)]
     rows = []
     for temperature in temperatures:
         torch.manual_seed(seed)  # same stream per temperature: runs are comparable and repeatable

@@ -83,9 +83,13 @@ def drdo_loss(z_w, z_l, rhat_w, rhat_l, rstar_w, rstar_l, alpha: float, gamma: f
     first term of Appendix A.5, Eq. 30.
     """
     distill = ((rstar_w - rstar_l) - (rhat_w - rhat_l)).pow(2)
-    one_minus_pw = torch.sigmoid(z_l - z_w)  # = 1 - p_w without cancellation
+    log_one_minus_pw = F.logsigmoid(z_l - z_w)  # log(1 - p_w) without cancellation
+    one_minus_pw = log_one_minus_pw.exp()
     unlikelihood = z_w - log1mexp(z_l)
-    focal = one_minus_pw.pow(gamma) * unlikelihood
+    # (1 - p_w)^gamma as exp(gamma * log(1 - p_w)): the same value, but for 0 < gamma < 1
+    # pow's derivative gamma * x^(gamma - 1) is inf (and the gradient NaN) once 1 - p_w
+    # underflows to 0; this form's derivative, gamma * (1 - p_w)^gamma * p_w, stays finite.
+    focal = torch.exp(gamma * log_one_minus_pw) * unlikelihood
     loss = (distill - alpha * focal).mean()
     return loss, {"distill": distill.detach().mean(), "focal": focal.detach().mean(),
                   "p_w": (1 - one_minus_pw).detach().mean(),

@@ -26,9 +26,13 @@ def load_tokenizer(name_or_path: str | os.PathLike):
     return tok
 
 
-def load_causal_lm(name_or_path: str | os.PathLike, dtype: str = "float32") -> PreTrainedModel:
+def load_causal_lm(name_or_path: str | os.PathLike, dtype: str = "float32", dropout: bool = True) -> PreTrainedModel:
+    """``dropout=False`` for every model whose log-probs are compared with a reference or
+    with each other (alignment, reward models, scoring): see :func:`disable_dropout`."""
     model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=getattr(torch, dtype))
     model.config.use_cache = False  # training and scoring never reuse the KV cache
+    if not dropout:
+        disable_dropout(model)
     return model
 
 
@@ -39,6 +43,33 @@ def inference_device() -> torch.device:
 def for_inference(model: nn.Module, dtype: str = "float32") -> nn.Module:
     """A frozen model (tables, generation, scoring) on the GPU when there is one, in ``dtype``."""
     return model.to(inference_device(), getattr(torch, dtype)).eval().requires_grad_(False)
+
+
+def disable_dropout(model: nn.Module) -> nn.Module:
+    """Turn every dropout off, also in train mode (as TRL's ``disable_dropout``).
+
+    With dropout the policy's log-probs at step 0 differ from the reference's, so the DPO
+    loss does not start at log 2 and the DRDO/e-DPO margins are noisy. ``nn.Dropout``
+    modules get p = 0; many models (OPT, Llama, Phi-3) also keep the rate as a float
+    attribute passed to ``F.dropout`` (``dropout``, ``attention_dropout``, ``layerdrop``...),
+    which are zeroed too. The saved config is left alone.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        for name, value in list(vars(module).items()):
+            if ("dropout" in name or name == "layerdrop") and isinstance(value, float):
+                setattr(module, name, 0.0)
+    return model
+
+
+def hidden_width(lm: PreTrainedModel) -> int:
+    """Width of the last hidden state (what the LM head reads). OPT-350M projects its
+    1,024-wide decoder output to ``word_embed_proj_dim`` = 512 before the LM head."""
+    out = lm.get_output_embeddings()
+    if out is not None and getattr(out, "weight", None) is not None:
+        return out.weight.shape[1]
+    return getattr(lm.config, "word_embed_proj_dim", None) or lm.config.hidden_size
 
 
 class LMWithRewardHead(nn.Module):
@@ -52,7 +83,7 @@ class LMWithRewardHead(nn.Module):
         super().__init__()
         self.lm = lm
         if head is None:
-            hidden = lm.config.hidden_size
+            hidden = hidden_width(lm)
             head = nn.Linear(hidden, 1)
             g = torch.Generator().manual_seed(head_seed)
             with torch.no_grad():
@@ -72,11 +103,17 @@ class LMWithRewardHead(nn.Module):
         save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, Path(path) / HEAD_FILE)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, head_seed: int = 0, dtype: str = "float32"):
-        """Load a checkpoint; a directory without a head file gets a fresh seeded head."""
-        model = cls(load_causal_lm(path, dtype), head_seed=head_seed)
+    def from_pretrained(cls, path: str | os.PathLike, new_head: bool = False, head_seed: int = 0,
+                        dtype: str = "float32", dropout: bool = False):
+        """Load a reward model (``new_head=False``: its head file must exist), or start one
+        from a plain LM (``new_head=True``: a fresh head seeded by ``head_seed``, as the
+        Oracle, the ensemble members and the DRDO student do from SFT)."""
         head_file = Path(path) / HEAD_FILE
-        if head_file.exists():
+        if not new_head and not head_file.exists():
+            raise FileNotFoundError(f"{path}: no {HEAD_FILE}; this is not a trained reward model "
+                                    "(a fresh head would give random rewards)")
+        model = cls(load_causal_lm(path, dtype, dropout=dropout), head_seed=head_seed)
+        if not new_head:
             model.head.load_state_dict(load_file(head_file))
         return model
 

@@ -9,25 +9,42 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .batching import encode, pad_batch
+from .batching import TooLong, encode, pad_batch
 from .modeling import LMWithRewardHead, response_logps
 
 
 @torch.no_grad()
 def score(model, tokenizer, prompts: list[str], responses: list[str], max_length: int,
-          batch_size: int = 32) -> dict[str, np.ndarray]:
+          batch_size: int = 32, max_prompt_length: int | None = None, documents: list[str] | None = None,
+          chat: bool = False) -> dict[str, np.ndarray]:
     """Per (prompt, response): ``logp`` (sum over response tokens), ``ntok`` and, for a model
-    with a reward head, ``reward``. Rows are batched by length to waste little padding."""
+    with a reward head, ``reward``. Rows are batched by length to waste little padding.
+
+    Prompts are cut as in training and generation (``batching.encode``); a response that
+    cannot fit ``max_length`` is never cut: its row gets NaN and counts in ``n_too_long``.
+    """
     model.eval()
     device = next(model.parameters()).device
-    enc = [encode(tokenizer, p, r, max_length) for p, r in zip(prompts, responses)]
-    order = np.argsort([len(e.input_ids) for e in enc], kind="stable")
-    out = {"logp": np.zeros(len(enc)), "ntok": np.zeros(len(enc), dtype=np.int64)}
+    documents = documents if documents is not None else [None] * len(prompts)
+    enc, kept = [], []
+    for i, (p, r, d) in enumerate(zip(prompts, responses, documents)):
+        try:
+            enc.append(encode(tokenizer, p, r, max_length, max_prompt_length=max_prompt_length,
+                              document=d, chat=chat))
+            kept.append(i)
+        except TooLong:
+            pass
+    n = len(prompts)
+    out = {"logp": np.full(n, np.nan), "ntok": np.zeros(n, dtype=np.int64),
+           "n_too_long": n - len(kept), "n_prompt_cut": sum(e.prompt_cut > 0 for e in enc)}
     if isinstance(model, LMWithRewardHead):
-        out["reward"] = np.zeros(len(enc))
+        out["reward"] = np.full(n, np.nan)
+    kept = np.asarray(kept, dtype=np.int64)
+    order = np.argsort([len(e.input_ids) for e in enc], kind="stable")
     for lo in range(0, len(enc), batch_size):
-        idx = order[lo:lo + batch_size]
-        batch = {k: v.to(device) for k, v in pad_batch([enc[i] for i in idx], tokenizer.pad_token_id).items()}
+        local = order[lo:lo + batch_size]
+        idx = kept[local]
+        batch = {k: v.to(device) for k, v in pad_batch([enc[i] for i in local], tokenizer.pad_token_id).items()}
         if isinstance(model, LMWithRewardHead):
             logits, rewards = model(batch["input_ids"], batch["attention_mask"])
             out["reward"][idx] = rewards.float().cpu().numpy()

@@ -21,7 +21,9 @@ def comparisons(methods: list[str]) -> list[tuple[str, str]]:
 
 
 def head_to_head(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int, tie_tol: float = 1e-9) -> dict:
+    """Prompts where either side has no score (NaN: too long to score) are left out of n."""
     diff = a - b
+    diff = diff[~np.isnan(diff)]
     outcome = np.where(np.abs(diff) <= tie_tol, 0.5, (diff > 0).astype(float))
     n = len(outcome)
     rng = np.random.default_rng(seed)

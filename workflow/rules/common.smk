@@ -2,6 +2,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import shlex
 from pathlib import Path
 
 import yaml
@@ -25,6 +26,13 @@ METHODS = config["align"]["methods"]
 SPLITS = config["align"]["splits"]
 MEMBERS = list(range(config["ensemble"]["size"]))
 GOLD = config["synthetic"].get("gold", {})  # gold-reward parameters of the synthetic world
+LENGTHS = config["lengths"]
+if sum((LENGTHS["max_prompt_length"], LENGTHS["max_new_tokens"], 2)) > LENGTHS["max_length"]:
+    raise ValueError("config key lengths.max_length must be at least lengths.max_prompt_length plus "
+                     "lengths.max_new_tokens plus 2 (BOS, EOS), so every generation can be scored whole")
+# What every tokenising stage needs: the token budgets and the prompt format.
+TOKENS = {"max_prompt_length": LENGTHS["max_prompt_length"], "max_length": LENGTHS["max_length"],
+          "chat_template": config["model"].get("chat_template", False)}
 POLICIES = ["sft"] + [f"{m}-{s}" for m in METHODS for s in SPLITS]
 ENV = "../../envs/drdo.yaml"
 
@@ -48,7 +56,7 @@ def repo_path(path):
 
 def train_params(*sections):
     """``train`` defaults overridden by each named section in turn, e.g. ("align", "drdo")."""
-    params = dict(config["train"])
+    params = {**config["train"], **TOKENS}
     for path in sections:
         node = config
         for key in path.split("."):
@@ -106,6 +114,22 @@ SYNTHETIC_FILES = {"comparisons": "comparisons.jsonl", "sft_train": "sft_train.j
                    "sft_test": "sft_test.jsonl", "news": "news_test.jsonl"}
 
 
+def raw_inputs(wildcards):
+    """The normalise rule's local inputs (none for data.source: hub)."""
+    if config["data"]["source"] == "hub":
+        return {}
+    return {name: raw_file(name) for name in SYNTHETIC_FILES}
+
+
+def hub_specs():
+    """data.hub (dataset ids and pinned revisions) when the data comes from the hub."""
+    if config["data"]["source"] != "hub":
+        return {}
+    if not config["data"].get("hub"):
+        raise ValueError("config key data.hub must be set when data.source is 'hub'")
+    return {"hub": config["data"]["hub"]}
+
+
 def raw_file(name):
     """A raw input: written by the synthetic world, or a user file from data.files."""
     if config["data"]["source"] == "synthetic":
@@ -129,6 +153,7 @@ def oracle_params():
 
 def member_params(member):
     params = train_params("ensemble")
+    del params["size"]  # a member does not depend on how many others there are
     params["head_seed"] = params["head_seed"] + int(member)
     return as_json(params)
 
@@ -159,10 +184,20 @@ def policy_split(wildcards):
     return wildcards.policy.split("-", 1)[1] if "-" in wildcards.policy else "-"
 
 
-TABLE_PARAMS = as_json({"max_length": config["train"]["max_length"], "batch_size": config["score"]["batch_size"],
-                        "dtype": config["train"]["dtype"]})
-SCORE_PARAMS = as_json({**config["score"], "gold": GOLD, "dtype": config["train"]["dtype"]})
-GENERATE_PARAMS = as_json({**config["generate"], "dtype": config["train"]["dtype"]})
+# --params of the stages that are not training jobs (one definition: the rules and the lineage use it)
+NORMALISE_PARAMS = as_json({**config["eval"], **hub_specs()})
+SPLIT_PARAMS = as_json({**config["split"], **TOKENS})
+INFERENCE = {"dtype": config["train"]["dtype"]}  # frozen models compute in the training dtype
+TABLE_PARAMS = as_json({**TOKENS, "batch_size": config["score"]["batch_size"], **INFERENCE})
+# The gold reward exists only in the synthetic world: real data gets no `gold` column.
+SCORE_PARAMS = as_json({**config["score"], **TOKENS, **INFERENCE,
+                        **({"gold": GOLD} if config["data"]["source"] == "synthetic" else {})})
+GENERATE_PARAMS = as_json({**config["generate"], "max_prompt_length": LENGTHS["max_prompt_length"],
+                           "max_new_tokens": LENGTHS["max_new_tokens"], "chat_template": TOKENS["chat_template"],
+                           **INFERENCE})
+# Every pair any split holds (split.max_validation samples each split's validation pairs
+# on its own, so hc_he / lc_le may hold validation pairs that `all` does not).
+TABLE_PAIRS = expand(f"{OUT}/data/splits/{{split}}.parquet", split=["all", "hc_he", "lc_le"])
 
 
 # ---------------------------------------------------------------- lineage of each artifact
@@ -177,11 +212,13 @@ def _file_stamp(path):
 def lineage_raw():
     if config["data"]["source"] == "synthetic":
         return digest("raw", config["synthetic"], code("synthetic"))
+    if config["data"]["source"] == "hub":  # ids and pinned revisions are in NORMALISE_PARAMS
+        return digest("raw", "hub")
     return digest("raw", [_file_stamp(raw_file(k)) for k in sorted(SYNTHETIC_FILES)])
 
 
 def lineage_data():  # pairs, SFT rows and eval prompts (one normalise job)
-    return digest("data", lineage_raw(), config["eval"], code("cmd_normalise"))
+    return digest("data", lineage_raw(), NORMALISE_PARAMS, code("cmd_normalise"))
 
 
 def lineage_base():
@@ -189,7 +226,7 @@ def lineage_base():
 
 
 def lineage_split():
-    return digest("split", lineage_data(), lineage_base(), config["split"], code("cmd_split"))
+    return digest("split", lineage_data(), lineage_base(), SPLIT_PARAMS, code("cmd_split"))
 
 
 def lineage_sft():

@@ -1,21 +1,18 @@
 rule normalise:
     input:
-        comparisons=raw_file("comparisons"),
-        sft_train=raw_file("sft_train"),
-        sft_test=raw_file("sft_test"),
-        news=raw_file("news"),
+        unpack(raw_inputs),
     output:
         pairs=f"{OUT}/data/pairs.parquet",
         sft=f"{OUT}/data/sft.parquet",
         eval=f"{OUT}/data/eval_prompts.parquet",
     params:
-        cfg=as_json(config["eval"]),
+        cfg=NORMALISE_PARAMS,
         lineage=lineage_data(),
+        sources=lambda wildcards, input: " ".join(f"--{k.replace('_', '-')} {shlex.quote(v)}" for k, v in input.items()),
     log:
         f"{OUT}/logs/normalise.log",
     conda:
         ENV
     shell:
-        "python -m drdo --lineage {params.lineage} normalise --params {params.cfg:q} --comparisons {input.comparisons:q}"
-        " --sft-train {input.sft_train:q} --sft-test {input.sft_test:q} --news {input.news:q}"
+        "python -m drdo --lineage {params.lineage} normalise --params {params.cfg:q} {params.sources}"
         " --out-pairs {output.pairs} --out-sft {output.sft} --out-eval {output.eval} > {log} 2>&1"

@@ -7,7 +7,7 @@ rule split:
         table5=f"{OUT}/data/table5.csv",
         table5_provenance=f"{OUT}/data/table5.provenance.json",
     params:
-        cfg=as_json(config["split"]),
+        cfg=SPLIT_PARAMS,
         lineage=lineage_split(),
         out_dir=lambda wildcards, output: os.path.dirname(output.splits[0]),
     log:

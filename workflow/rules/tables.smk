@@ -4,7 +4,7 @@
 
 rule oracle_table:
     input:
-        pairs=f"{OUT}/data/splits/all.parquet",
+        pairs=TABLE_PAIRS,
         oracle=f"{OUT}/models/oracle",
     output:
         f"{OUT}/tables/oracle_rewards.parquet",
@@ -27,7 +27,7 @@ rule oracle_table:
 
 rule ensemble_table:
     input:
-        pairs=f"{OUT}/data/splits/all.parquet",
+        pairs=TABLE_PAIRS,
         members=expand(f"{OUT}/models/rm{{member}}", member=MEMBERS),
     output:
         f"{OUT}/tables/ensemble_rewards.parquet",
@@ -51,7 +51,7 @@ rule ensemble_table:
 
 rule gold_table:
     input:
-        pairs=f"{OUT}/data/splits/all.parquet",
+        pairs=TABLE_PAIRS,
     output:
         f"{OUT}/tables/gold_rewards.parquet",
     params:
@@ -68,7 +68,7 @@ rule gold_table:
 
 rule reference_table:
     input:
-        pairs=f"{OUT}/data/splits/all.parquet",
+        pairs=TABLE_PAIRS,
         sft=f"{OUT}/models/sft",
     output:
         f"{OUT}/tables/reference_logps.parquet",

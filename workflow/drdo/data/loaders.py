@@ -1,7 +1,8 @@
 """Raw rows of the real datasets' schemas -> normalised DataFrames.
 
-Three sources, each read from a local ``.jsonl``/``.json``/``.parquet`` file or from the
-Hugging Face hub (``{"hf_dataset": name, "config": optional, "split": split}``):
+Three sources, each read from a local ``.jsonl``/``.json``/``.parquet`` file or through
+``datasets`` from the Hugging Face hub (``{"id": name, "split": split, "revision": ...}``,
+see :func:`_hf_rows`):
 
 * ``openai/summarize_from_feedback`` ("comparisons")   -> :func:`load_comparisons`
 * ``CarperAI/openai_summarize_tldr``                     -> :func:`load_sft`
@@ -69,21 +70,58 @@ def short_hash(*parts: str) -> str:
 def _source_label(source: Source) -> str:
     if isinstance(source, dict):
         cfg = f"[{source['config']}]" if source.get("config") else ""
-        return f"hf:{source.get('hf_dataset')}{cfg}:{source.get('split')}"
+        rev = f"@{source['revision']}" if source.get("revision") else ""
+        return f"hf:{source.get('id')}{cfg}{rev}:{source.get('split')}"
     return str(source)
 
 
-def _hf_rows(source: dict) -> Iterator[tuple[int, Any]]:
-    name, config, split = source.get("hf_dataset"), source.get("config"), source.get("split")
-    if not name or not split:
-        raise ValueError(f"HF source needs 'hf_dataset' and 'split': {source!r}")
+HUB_TIMEOUT_S = 10.0  # one look-up per dataset; huggingface_hub's own retries take ~25 s
+
+
+def _check_hub(name: str, revision: str | None) -> None:
+    """Fail fast, naming the dataset, if the hub cannot serve ``name`` at ``revision``.
+
+    ``datasets`` retries an unreachable hub for ~25 s per file before a generic error;
+    one short request tells an unreachable hub, a wrong name and a wrong revision apart.
+    """
+    from huggingface_hub import HfApi, constants
+
+    if constants.HF_HUB_OFFLINE:
+        return  # datasets reads its cache (or fails at once, naming the dataset)
     try:
-        import datasets
-        ds = datasets.load_dataset(name, config, split=split)
-    except Exception as e:  # offline hub, unknown name, missing package: all say which dataset
-        raise RuntimeError(f"could not load Hugging Face dataset {name!r} (config={config!r}, "
-                           f"split={split!r}); this needs network access (HF_HUB_OFFLINE unset) or "
-                           f"a local file instead: {type(e).__name__}: {e}") from e
+        HfApi().dataset_info(name, revision=revision, timeout=HUB_TIMEOUT_S)
+    except Exception as e:  # network errors (httpx), RepositoryNotFound, RevisionNotFound
+        raise RuntimeError(f"Hugging Face dataset {name!r} (revision {revision!r}) is not available from "
+                           f"{constants.ENDPOINT}: {type(e).__name__}: {e}. Check the network, HF_ENDPOINT "
+                           "and the config's data.hub entry, or set HF_HUB_OFFLINE=1 to read a cached "
+                           "copy") from None
+
+
+def _hf_rows(source: dict) -> Iterator[tuple[int, Any]]:
+    """Rows of a dataset through ``datasets.load_dataset``.
+
+    ``source``: ``id`` (a hub id, or a local directory laid out like the hub repo),
+    ``split`` (``"train+validation"`` concatenates), optional ``config``, ``revision`` (a
+    commit, tag or branch such as ``refs/convert/parquet``), ``data_files`` (paths or
+    globs inside the repo: how a loading-script dataset's Parquet conversion is read) and
+    ``cache_dir``.
+    """
+    name, split = source.get("id"), source.get("split")
+    if not name or not split:
+        raise ValueError(f"hub source needs 'id' and 'split': {source!r}")
+    import datasets
+
+    local = Path(name).is_dir()
+    if not local:
+        _check_hub(name, source.get("revision"))
+    kwargs = {k: source[k] for k in ("data_files", "cache_dir") if source.get(k)}
+    if source.get("revision") and not local:
+        kwargs["revision"] = source["revision"]
+    try:
+        ds = datasets.load_dataset(name, source.get("config"), split=split, **kwargs)
+    except Exception as e:  # offline hub, unknown config or split, bad files: all name the dataset
+        cause = f" ({type(e.__cause__).__name__}: {e.__cause__})" if e.__cause__ else ""
+        raise RuntimeError(f"could not load dataset {_source_label(source)}: {type(e).__name__}: {e}{cause}") from None
     for i, row in enumerate(ds, start=1):
         yield i, row
 

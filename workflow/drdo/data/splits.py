@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 from rapidfuzz.distance import Levenshtein
 
-from drdo.prompts import response_text
 
 SPLIT_NAMES = ("all", "hc_he", "lc_le")
 TABLE5_COLUMNS = ["split", "mean_confidence", "mean_edit_distance", "n_train", "n_validation"]
@@ -47,19 +46,34 @@ def pair_edit_distances(df: pd.DataFrame, tokenize: Callable[[str], list] | None
                        count=len(df))
 
 
-def filter_length(df: pd.DataFrame, count_tokens: Callable[[str], int], max_length: int
+def filter_length(df: pd.DataFrame, length: Callable[[str, str, str | None], int], max_length: int
                   ) -> tuple[pd.DataFrame, int]:
     """Drop pairs whose prompt + either response is longer than ``max_length`` tokens.
 
-    Lengths are of the exact training text, ``prompt + response_text(summary)``.
-    Returns (kept rows with a fresh index, number dropped).
+    ``length(prompt, response, document)`` must count exactly the tokens training sees
+    (``batching.encode``: BOS, prompt as cut to its budget, response, EOS); the paper keeps
+    pairs of at most 1,024 such tokens. Returns (kept rows with a fresh index, number dropped).
     """
-    def fits(prompt: str, summary: str) -> bool:
-        return count_tokens(prompt + response_text(summary)) <= max_length
-
-    keep = np.array([fits(p, c) and fits(p, r)
-                     for p, c, r in zip(df["prompt"], df["chosen"], df["rejected"])], dtype=bool)
+    docs = df["document"] if "document" in df else [None] * len(df)
+    keep = np.array([length(p, c, d) <= max_length and length(p, r, d) <= max_length
+                     for p, c, r, d in zip(df["prompt"], df["chosen"], df["rejected"], docs)], dtype=bool)
     return df[keep].reset_index(drop=True), int((~keep).sum())
+
+
+def cap_validation(splits: dict[str, pd.DataFrame], max_validation: int, seed: int
+                   ) -> dict[str, pd.DataFrame]:
+    """At most ``max_validation`` validation pairs per split, a seeded sample (the paper's
+    Table 5 validates on about 1.1k pairs per split, not on TL;DR's 86k). Train rows and
+    the row order are kept; each split is sampled on its own."""
+    out = {}
+    for name, part in splits.items():
+        val = part.index[part["split"] == "validation"]
+        if len(val) > max_validation:
+            rng = np.random.default_rng([seed, SPLIT_NAMES.index(name) if name in SPLIT_NAMES else 99])
+            drop = np.setdiff1d(val, rng.choice(val, size=max_validation, replace=False))
+            part = part.drop(index=drop).reset_index(drop=True)
+        out[name] = part
+    return out
 
 
 def assign_splits(df: pd.DataFrame, quantile: float = 0.5

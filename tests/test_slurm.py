@@ -32,7 +32,7 @@ def slurm_problem() -> str | None:
     except subprocess.TimeoutExpired:
         return "`sinfo` timed out"
     if proc.returncode != 0:
-        return f"`sinfo` failed: {proc.stderr.strip()}"
+        return f"`sinfo` failed: {(proc.stderr.strip().splitlines() or ['no output'])[-1]}"
     states = dict(line.split() for line in proc.stdout.splitlines() if line.strip())
     if not any(state in ("idle", "mix") for state in states.values()):
         return f"no idle node (sinfo: {states or 'no nodes'})"

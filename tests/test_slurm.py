@@ -155,8 +155,8 @@ def test_align_on_two_gpus_runs_two_ranks(slurm_run, local_run, tmp_path):
     (jobid, slurm_log), = submitted(proc)["align"]
     job = assert_went_through_sbatch("align", jobid, slurm_log)
     assert job_resources(slurm_log)["gpu"] == "2"
-    assert re.search(r"gpu[:=]2\b", job.get("TresPerJob", "") + job.get("TRES", "")), job
+    assert re.search(r"gpu[:=]2\b", f"{job.get('TresPerJob', '')} {job.get('TRES', '')}"), job
     log = (wd / OUT / "logs" / "align_dpo-all.log").read_text()
     assert re.search(r"world.size.\D*2", log), log[-2000:]
-    # N ranks with micro-batch b/N are one process with batch b, up to the all-reduce's sum order
-    assert_same_weights(wd / TARGET, local_run / TARGET, atol=1e-5)
+    # N ranks with micro-batch b/N train what one process with batch b does
+    assert_same_weights(wd / TARGET, local_run / TARGET, atol=1e-6)

@@ -29,7 +29,7 @@ ARCH = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num
 POSTS = [f"post {i}: my {w} broke again and again" for i, w in enumerate(
     ["car", "phone", "bike", "laptop", "door", "kettle", "watch", "lamp"])]
 PARAMS = {"lr": 1e-3, "batch_size": 4, "grad_accum": 2, "max_steps": 3, "warmup_steps": 1, "weight_decay": 0.01,
-          "max_grad_norm": 1.0, "seed": 0, "save_every": 0, "dtype": "float32", "max_length": 48,
+          "max_grad_norm": 1.0, "seed": 0, "save_every": 0, "dtype": "float32", "max_length": 48, "max_prompt_length": 32,
           "eval_batch_size": 8}
 DRDO = {**PARAMS, "alpha": 0.1, "gamma": 2.0, "student_reward": "head", "teacher": "oracle", "logp_agg": "sum",
         "head_seed": 0}

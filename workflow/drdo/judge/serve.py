@@ -52,7 +52,7 @@ def gguf_name(path: Path) -> str:
 
 
 def start(gguf: Path, host: str = "127.0.0.1", port: int = 0, threads: int = 2, n_ctx: int = 4096,
-          parallel: int = 1):
+          parallel: int = 1, verbosity: int = 1):
     """Start llama.cpp's HTTP server in this process (port 0: a free one); returns (server, url)."""
     import xllamacpp as xlc
 
@@ -66,6 +66,7 @@ def start(gguf: Path, host: str = "127.0.0.1", port: int = 0, threads: int = 2, 
     params.cpuparams_batch.n_threads = threads
     params.endpoint_metrics = True
     params.ui = False
+    params.verbosity = verbosity  # 1: errors only (a line per request otherwise)
     server = xlc.Server(params)
     return server, server.listening_address
 
@@ -89,9 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ctx", type=int, default=4096, help="context tokens per parallel slot")
     ap.add_argument("--parallel", type=int, default=1, help="requests decoded at once")
+    ap.add_argument("--verbosity", type=int, default=1, help="llama.cpp log level (3: a line per request)")
     a = ap.parse_args(argv)
     gguf = resolve_gguf(a.gguf)
-    server, url = start(gguf, a.host, a.port, a.threads, a.ctx, a.parallel)
+    server, url = start(gguf, a.host, a.port, a.threads, a.ctx, a.parallel, a.verbosity)
     print(f"serving {gguf_name(gguf)} ({gguf.name}) at {url}/v1", flush=True)
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from .. import io
+from ..winrates import comparisons
 from . import protocol
 from .client import CallCache, JudgeClient, JudgeError, Redactor, check_budget, estimate, run_calls
 from .prompts import load_template
@@ -36,7 +37,9 @@ def _api_key(p: dict) -> str | None:
 
 
 def run(a) -> None:
-    p = a.params
+    p = dict(a.params)
+    if p["comparisons"] == "all":  # the comparisons of winrates.csv
+        p["comparisons"] = [list(c) for c in comparisons(p["methods"])]
     started = time.time()
     api_key = _api_key(p)
     redact = Redactor(api_key)

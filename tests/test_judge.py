@@ -385,8 +385,10 @@ def test_workflow_adds_the_judge_only_when_enabled(tmp_path):
 @pytest.mark.parametrize("override,named", [
     ("judge: {enabled: true, temperatures: [0.7]}", "judge.temperatures"),   # e2e generates at 0.5 and 0.9
     ("judge: {enabled: true, temperatures: [0.9], comparisons: [[drdo, drdo]]}", "judge.comparisons"),
-    ("judge: {enabled: true, api_key: sk-abc}", "api_key"),                  # a key in the config is refused
+    ("judge: {enabled: true, api_key: sk-SECRET-1}", "judge.api_key is not a judge setting"),  # refused
+    ("judge: {api_key_env: sk-proj-SECRET-123}", "judge.api_key_env must be the NAME"),  # ... and not echoed
 ])
 def test_bad_judge_config_stops_before_any_job(tmp_path, override, named):
     proc = dry_run(tmp_path, override)
     assert proc.returncode != 0 and named in proc.stdout + proc.stderr
+    assert "SECRET" not in proc.stdout + proc.stderr

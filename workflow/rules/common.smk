@@ -12,6 +12,10 @@ _merged = yaml.safe_load((Path(workflow.basedir) / "config" / "config.yaml").rea
 update_config(_merged, config)
 config.update(_merged)
 
+
+include: "judge_guard.smk"
+
+
 # Stop before any job if the config does not match the schema (the error names the key).
 validate(config, schema="../schemas/config.schema.yaml")
 

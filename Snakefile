@@ -21,6 +21,7 @@ include: "workflow/rules/tables.smk"
 include: "workflow/rules/align.smk"
 include: "workflow/rules/generate.smk"
 include: "workflow/rules/score.smk"
+include: "workflow/rules/judge.smk"
 include: "workflow/rules/winrates.smk"
 include: "workflow/rules/report.smk"
 

@@ -22,3 +22,8 @@ def test_hash_follows_the_stage_function_not_other_functions_of_cli():
     assert codedeps.stage_hash("cmd_train") != codedeps.stage_hash("cmd_generate")
     assert codedeps.stage_hash("synthetic") == codedeps.stage_hash("synthetic")  # stable
     assert "synthetic.py" in _names("synthetic") and "gold.py" in _names("synthetic")
+
+
+def test_a_lazy_import_inside_the_stage_counts():
+    files = _names("cmd_judge")  # cmd_judge imports drdo.judge only when it runs
+    assert {"judge/stage.py", "judge/client.py"} <= files and "trainer.py" not in files

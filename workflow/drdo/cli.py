@@ -26,7 +26,7 @@ from .generation import generate
 from .modeling import LMWithRewardHead, for_inference, load_causal_lm, load_tokenizer
 from .scoring import score
 from .trainer import Example, TrainConfig, evaluate, make_accelerator, train
-from .winrates import winrate_table
+from .winrates import judge_table, winrate_table
 
 log = logging.getLogger("drdo")
 
@@ -295,8 +295,19 @@ def cmd_winrates(a) -> None:
     p = a.params
     scores = pd.concat([io.read_parquet(f) for f in a.scores], ignore_index=True)
     table = winrate_table(scores, p["splits"], p["methods"], p["scorers"], p["n_boot"], p["seed"])
-    io.write_csv(table, a.out, io.provenance("winrates", p, {Path(f).stem: f for f in a.scores}))
+    inputs = {Path(f).stem: f for f in a.scores}
+    if a.judge:  # the LLM judge's rows (judge.enabled), same columns and bootstrap
+        table = pd.concat([table, judge_table(io.read_parquet(a.judge), p["n_boot"], p["seed"])], ignore_index=True)
+        inputs["judge"] = a.judge
+    io.write_csv(table, a.out, io.provenance("winrates", p, inputs))
     log.info("wrote %d rows to %s", len(table), a.out)
+
+
+def cmd_judge(a) -> None:
+    """LLM-judge verdicts on the selected comparisons (drdo.judge; imported here, only when used)."""
+    from .judge import stage
+
+    stage.run(a)
 
 
 def cmd_report(a) -> None:
@@ -342,7 +353,10 @@ def _parser() -> argparse.ArgumentParser:
     stage("score", cmd_score, ("--prompts",), ("--oracle",), ("--policy",), ("--split",), ("--out",),
           ("--generations", {"default": None}))
     stage("report", cmd_report, ("--models", {"nargs": "+", "required": True}), ("--out",))
-    stage("winrates", cmd_winrates, ("--scores", {"nargs": "+", "required": True}), ("--out",))
+    stage("winrates", cmd_winrates, ("--scores", {"nargs": "+", "required": True}), ("--out",),
+          ("--judge", {"default": None}))
+    stage("judge", cmd_judge, ("--scores", {"nargs": "+", "required": True}), ("--prompts",),
+          ("--templates", {"nargs": "+", "required": True}), ("--cache",), ("--out-verdicts",), ("--out-report",))
     return ap
 
 

@@ -94,7 +94,10 @@ def _cli_parts(command: str) -> tuple[list[str], set[Path]]:
         seen.add(name)
         sources.append(ast.get_source_segment(source, functions[name]))
         for node in ast.walk(functions[name]):
-            if isinstance(node, ast.Name):
+            if isinstance(node, ast.ImportFrom) and node.level:  # a lazy import inside the function
+                base = _resolve(cli, node.level, node.module)
+                modules.update(f for alias in node.names if (f := _as_file(base / alias.name) or _as_file(base)))
+            elif isinstance(node, ast.Name):
                 if node.id in functions:
                     todo.append(node.id)
                 elif node.id in imported:

@@ -24,8 +24,14 @@ def head_to_head(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int, tie_tol: 
     """Prompts where either side has no score (NaN: too long to score) are left out of n."""
     diff = a - b
     diff = diff[~np.isnan(diff)]
-    outcome = np.where(np.abs(diff) <= tie_tol, 0.5, (diff > 0).astype(float))
+    return outcome_stats(np.where(np.abs(diff) <= tie_tol, 0.5, (diff > 0).astype(float)), n_boot, seed)
+
+
+def outcome_stats(outcome: np.ndarray, n_boot: int, seed: int) -> dict:
+    """Counts, win-rate and bootstrap interval of per-prompt outcomes for A (1, 0.5 or 0)."""
     n = len(outcome)
+    if n == 0:  # e.g. a judge without a single usable verdict: no rate rather than an invented one
+        return {"wins": 0, "ties": 0, "losses": 0, "n": 0, "win_rate": np.nan, "ci_low": np.nan, "ci_high": np.nan}
     rng = np.random.default_rng(seed)
     boots = outcome[rng.integers(0, n, size=(n_boot, n))].mean(axis=1)
     return {"wins": int((outcome == 1).sum()), "ties": int((outcome == 0.5).sum()),
@@ -65,3 +71,15 @@ def _rows(scores: pd.DataFrame, policy: str, split: str, scorers: list[str]) -> 
     sel = scores[(scores["policy"] == policy) & (scores["split"] == ("-" if shared else split))]
     cols = ["eval_set", "prompt_id", *scorers]
     return sel[cols] if policy == "reference" else sel[cols + ["temperature"]]
+
+
+def judge_table(verdicts: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """``scorer: judge`` rows from the judge's per-prompt outcomes (``judge/verdicts.parquet``);
+    prompts without a usable verdict in both orders are not in the denominator."""
+    rows = []
+    key = ["eval_set", "split", "policy_a", "policy_b", "temperature"]
+    for k, g in verdicts.groupby(key, sort=False):
+        g = g.sort_values("prompt_id")  # the bootstrap must not depend on file order
+        stats = outcome_stats(g["outcome"].dropna().to_numpy(dtype=float), n_boot, seed)
+        rows.append({**dict(zip(key, k)), "scorer": "judge", **stats})
+    return pd.DataFrame(rows, columns=COLUMNS)

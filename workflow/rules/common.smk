@@ -15,6 +15,10 @@ _merged = yaml.safe_load((Path(workflow.basedir) / "config" / "config.yaml").rea
 update_config(_merged, config)
 config.update(_merged)
 
+
+include: "judge_guard.smk"
+
+
 # Stop before any job if the config does not match the schema (the error names the key).
 validate(config, schema="../schemas/config.schema.yaml")
 
@@ -270,6 +274,8 @@ def lineage_of(path):
     """Lineage of an artifact of this config, by its path (for the aggregates' checks)."""
     name = Path(path).stem if Path(path).suffix else Path(path).name
     parent = Path(path).parent.name
+    if str(path) == JUDGE_VERDICTS:
+        return lineage_judge()
     if parent == "scores":
         return lineage_scores(name)
     if parent == "tables":

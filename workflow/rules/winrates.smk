@@ -1,6 +1,7 @@
 rule winrates:
     input:
         scores=expand(f"{OUT}/scores/{{policy}}.parquet", policy=POLICIES + ["reference"]),
+        **({"judge": JUDGE_VERDICTS} if JUDGE_ON else {}),
     output:
         table=f"{OUT}/winrates.csv",
         provenance=f"{OUT}/winrates.provenance.json",
@@ -14,4 +15,6 @@ rule winrates:
         ENV
     shell:
         "python -m drdo --expect-lineage {params.expect:q} winrates --params {params.cfg:q}"
-        " --scores {input.scores} --out {output.table} > {log} 2>&1"
+        " --scores {input.scores} --out {output.table}"
+        + (" --judge {input.judge}" if JUDGE_ON else "")
+        + " > {log} 2>&1"

@@ -1,0 +1,394 @@
+"""The judge stage against fake OpenAI-compatible servers on 127.0.0.1 (pytest-httpserver):
+protocol, parsing, cache and resumption, budget refusal, faults, and the API key never written.
+Requests are counted at the server."""
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from pytest_httpserver import HTTPServer
+from werkzeug import Request, Response
+
+import judge_support as js
+from drdo import cli, io
+from drdo.judge import client as jclient
+from drdo.judge.prompts import load_template, parse_verdict, render
+from drdo.winrates import COLUMNS, judge_table
+
+KEY = "sk-test-DO-NOT-LEAK-3f9a1c7e5b"
+
+
+# --------------------------------------------------------------------------- a fake judge
+def completion(content: str, prompt_tokens: int = 120, completion_tokens: int = 12) -> Response:
+    body = {"id": "c", "object": "chat.completion", "created": 0, "model": "fake",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens}}
+    return Response(json.dumps(body), content_type="application/json")
+
+
+def _between(text: str, start: str, end: str) -> str:
+    return text.split(start, 1)[1].split(end, 1)[0]
+
+
+def longer_wins(request: Request) -> Response:
+    """A consistent judge: prefers the summary with more words (A on a tie: position bias)."""
+    text = request.get_json()["messages"][0]["content"]
+    a, b = _between(text, "Summary A:", "Summary B:"), _between(text, "Summary B:", "FIRST")
+    return completion(f"Comparison: one is longer.\nPreferred: {'A' if len(a.split()) >= len(b.split()) else 'B'}")
+
+
+class Server:
+    """Counts requests; answers with ``faults[i]`` for request i, then with ``answer``."""
+
+    def __init__(self, httpserver, answer=longer_wins, faults=(), delay: float = 0.0, fail_after: int | None = None):
+        self.requests, self.auth, self.lock = 0, set(), threading.Lock()
+        self.answer, self.faults, self.delay, self.fail_after = answer, list(faults), delay, fail_after
+        httpserver.expect_request("/v1/chat/completions", method="POST").respond_with_handler(self)
+        self.base_url = httpserver.url_for("/v1")
+
+    def __call__(self, request: Request) -> Response:
+        with self.lock:
+            i = self.requests
+            self.requests += 1
+            self.auth.add(request.headers.get("Authorization"))
+        if self.delay:
+            time.sleep(self.delay)
+        if i < len(self.faults):
+            return self.faults[i](request)
+        if self.fail_after is not None and i >= self.fail_after:
+            return Response(json.dumps({"error": {"message": "overloaded"}}), status=500, content_type="application/json")
+        return self.answer(request)
+
+
+def rate_limited(request):
+    return Response(json.dumps({"error": {"message": "slow down"}}), status=429, headers={"retry-after": "0.1"},
+                    content_type="application/json")
+
+
+def server_error(request):
+    return Response("internal error", status=500)
+
+
+def too_slow(request):
+    time.sleep(1.5)  # past timeout_s=0.5: the client gives up and retries
+    return longer_wins(request)
+
+
+def malformed(request):
+    return Response('{"choices": [', content_type="application/json")
+
+
+def no_choices(request):
+    return Response('{"object": "chat.completion"}', content_type="application/json")
+
+
+@pytest.fixture
+def httpserver():
+    """A threaded fake server on 127.0.0.1 (the plugin's default is single-threaded on localhost)."""
+    server = HTTPServer(host="127.0.0.1", port=0, threaded=True)
+    server.start()
+    yield server
+    server.clear()
+    server.stop()
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    return js.make_inputs(tmp_path / "in")
+
+
+def judge(inputs, out, **overrides):
+    """The stage in this process (fast); raises what the stage raises."""
+    cli.main(js.argv(inputs, out, js.params(**overrides)))
+    return pd.read_csv(out / "judge_report.csv"), io.read_parquet(out / "judge" / "verdicts.parquet")
+
+
+def expected_outcome(v: pd.DataFrame) -> pd.Series:
+    a, b = v["response_a"].str.split().str.len(), v["response_b"].str.split().str.len()
+    return pd.Series(np.where(a > b, 1.0, np.where(a < b, 0.0, 0.5)), index=v.index)
+
+
+# --------------------------------------------------------------------------- parsing and templates
+def test_parse_verdict():
+    assert parse_verdict("Comparison: A is shorter.\nPreferred: A") == "A"
+    assert parse_verdict('Comparison: x\n**Preferred:** "B"') == "B"
+    assert parse_verdict("Preferred: A\nOn reflection...\nPreferred: B") == "B"  # the last line counts
+    assert parse_verdict('{"comparison": "b is precise", "preferred": "B"}') == "B"
+    assert parse_verdict('{"comparison": "x", "preferred": "C"}') is None
+    for garbage in ("", None, "Both are fine.", "Preferred: both", "Preferred: Alice", "I prefer A",
+                    "Preferred: a or b"):
+        assert parse_verdict(garbage) is None, garbage
+
+
+def test_templates(tmp_path):
+    t = load_template(js.REPO / "config/judge_prompts/summary_pairwise.txt")
+    text = render(t, {"document": "alice lost the keys.", "reference": "REF", "response_a": "{response_b}",
+                      "response_b": "SECOND", "document_kind": "forum post", "Document_kind": "Forum post",
+                      "prompt": "p"})
+    assert "Forum post:\nalice lost the keys." in text and "Summary A:\n{response_b}" in text  # one pass
+    assert "REF" in text and "SECOND" in text and text.rstrip().endswith('Preferred: <"A" or "B">')
+    bad = tmp_path / "bad.txt"
+    bad.write_text("Compare {response_a} with {responze_b}")
+    with pytest.raises(ValueError, match="responze_b"):
+        load_template(bad)
+    with pytest.raises(FileNotFoundError, match="judge.prompts"):
+        load_template(tmp_path / "missing.txt")
+
+
+def test_judge_table_reuses_the_winrate_bootstrap():
+    v = pd.DataFrame({"eval_set": "tldr", "split": "all", "policy_a": "drdo", "policy_b": "dpo", "temperature": 0.7,
+                      "prompt_id": [f"p{i}" for i in range(6)], "outcome": [1, 1, 0.5, 0, np.nan, 1]})
+    t = judge_table(v, n_boot=500, seed=0)
+    assert list(t.columns) == COLUMNS and t.loc[0, "scorer"] == "judge"
+    assert (t.loc[0, "wins"], t.loc[0, "ties"], t.loc[0, "losses"], t.loc[0, "n"]) == (3, 1, 1, 5)
+    assert t.loc[0, "win_rate"] == pytest.approx(0.7)
+    assert 0 <= t.loc[0, "ci_low"] <= 0.7 <= t.loc[0, "ci_high"] <= 1
+    none = judge_table(v.assign(outcome=np.nan), n_boot=500, seed=0)  # nothing usable: no rate invented
+    assert none.loc[0, "n"] == 0 and np.isnan(none.loc[0, "win_rate"])
+
+
+# --------------------------------------------------------------------------- protocol, cache, winrates
+def test_consistent_judge_both_orders_cache_and_winrates(httpserver, inputs, tmp_path):
+    srv = Server(httpserver)
+    out = tmp_path / "out"
+    p = js.params(base_url=srv.base_url, max_concurrency=3)
+    n_calls = js.expected_calls(inputs, p)
+    report, v = judge(inputs, out, base_url=srv.base_url, max_concurrency=3)
+    assert srv.requests == n_calls and sorted(js.cache_keys(out)) == sorted(set(js.cache_keys(out)))
+    # 2 comparisons x 2 eval sets x 3 prompts, each judged in both orders
+    assert len(v) == 12 and (v["raw_ab"].str.contains("Preferred")).all()
+    pd.testing.assert_series_equal(v["outcome"], expected_outcome(v), check_names=False)
+    assert (report["wins"] + report["ties"] + report["losses"] == report["n"]).all()
+    assert (report["n"] + report["dropped"] == 3).all() and (report["dropped"] == 0).all()
+    assert (report["calls"] == 6).all() and (report["prompt_tokens"] == 6 * 120).all()
+    assert report["cost_usd"].sum() == pytest.approx(12 * 2 * (120 * 2.5 + 12 * 10.0) / 1e6, abs=5e-4)  # CSV: 4 decimals
+    assert report["position_flip_rate"].eq(report["ties"] / report["n"]).all()
+    # the judge's agreement with the synthetic world's gold reward, on decisive verdicts
+    assert report["gold_agreement_n"].sum() > 0 and report["gold_agreement"].between(0, 1).any()
+
+    # rerunning makes no call; the outputs are the same
+    judge(inputs, out, base_url=srv.base_url)
+    assert srv.requests == n_calls
+    pd.testing.assert_frame_equal(io.read_parquet(out / "judge" / "verdicts.parquet"), v)
+
+    # winrates.csv gets scorer=judge rows with the same counts and the bootstrap interval
+    scores = [str(f) for f in inputs["scores"].values()]
+    wparams = {"scorers": ["oracle", "gold"], "n_boot": 200, "seed": 0, "splits": ["all"], "methods": ["drdo", "dpo"]}
+    cli.main(["winrates", "--params", json.dumps(wparams), "--scores", *scores,
+              "--out", str(out / "winrates.csv"), "--judge", str(out / "judge" / "verdicts.parquet")])
+    w = pd.read_csv(out / "winrates.csv")
+    jw = w[w["scorer"] == "judge"].reset_index(drop=True)
+    assert list(w.columns) == COLUMNS and len(jw) == len(report)
+    assert (jw[["wins", "ties", "losses", "n"]].to_numpy() == report[["wins", "ties", "losses", "n"]].to_numpy()).all()
+    assert ((jw["ci_low"] <= jw["win_rate"]) & (jw["win_rate"] <= jw["ci_high"])).all()
+    assert io.read_provenance(out / "winrates.csv")["inputs"]["judge"]["sha256"]
+
+
+def test_position_biased_judge_gives_ties(httpserver, inputs, tmp_path):
+    srv = Server(httpserver, answer=lambda r: completion("Comparison: the first.\nPreferred: A"))
+    report, v = judge(inputs, tmp_path / "out", base_url=srv.base_url)
+    assert (v["outcome"] == 0.5).all()
+    assert (report["position_flip_rate"] == 1).all() and (report["first_position_win_rate"] == 1).all()
+    assert (report["win_rate"] == 0.5).all() and report["gold_agreement_n"].sum() == 0
+
+
+def test_garbage_verdicts_are_dropped_counted_and_stored(httpserver, inputs, tmp_path):
+    def some_garbage(request):
+        text = request.get_json()["messages"][0]["content"]
+        return completion("Both summaries are great!") if "news article" in text else longer_wins(request)
+
+    srv = Server(httpserver, answer=some_garbage)
+    out = tmp_path / "out"
+    report, v = judge(inputs, out, base_url=srv.base_url)
+    news = report[report["eval_set"] == "news"]
+    assert (news["n"] == 0).all() and (news["dropped"] == 3).all() and (news["unusable_verdicts"] == 6).all()
+    assert news["win_rate"].isna().all()
+    tldr = report[report["eval_set"] == "tldr"]
+    assert (tldr["dropped"] == 0).all() and (tldr["n"] == 3).all()
+    assert (v.loc[v["eval_set"] == "news", "raw_ab"] == "Both summaries are great!").all()  # kept to re-parse
+    before = srv.requests
+    judge(inputs, out, base_url=srv.base_url)  # unusable answers are paid answers: cached, not asked again
+    assert srv.requests == before
+
+
+# --------------------------------------------------------------------------- faults
+@pytest.mark.parametrize("fault,n_faults", [(rate_limited, 2), (server_error, 2), (too_slow, 1), (malformed, 2),
+                                            (no_choices, 1)])
+def test_transient_faults_are_retried_and_each_answer_paid_once(httpserver, inputs, tmp_path, fault, n_faults):
+    srv = Server(httpserver, faults=[fault] * n_faults)
+    out = tmp_path / "out"
+    p = js.params(base_url=srv.base_url, timeout_s=0.5, max_retries=3)
+    n_calls = js.expected_calls(inputs, p)
+    report, v = judge(inputs, out, base_url=srv.base_url, timeout_s=0.5, max_retries=3)
+    keys = js.cache_keys(out)
+    assert srv.requests == n_calls + n_faults  # every fault cost one request; every answer came once
+    assert len(keys) == len(set(keys)) == n_calls
+    pd.testing.assert_series_equal(v["outcome"], expected_outcome(v), check_names=False)
+
+
+def test_persistent_failure_ends_the_job_with_an_error(httpserver, inputs, tmp_path):
+    srv = Server(httpserver, answer=server_error)
+    out = tmp_path / "out"
+    with pytest.raises(jclient.JudgeError, match=r"HTTP 500 still failing after 2 retries"):
+        judge(inputs, out, base_url=srv.base_url, max_retries=2)
+    assert srv.requests == 3  # one call, 2 retries, then no new call starts
+    assert not (out / "judge_report.csv").exists() and not (out / "judge").exists()
+
+
+def test_client_error_stops_at_once_naming_status_and_message(httpserver, inputs, tmp_path):
+    srv = Server(httpserver, answer=lambda r: Response(json.dumps({"error": {"message": "model 'x' does not exist"}}),
+                                                       status=404, content_type="application/json"))
+    with pytest.raises(jclient.JudgeError, match=r"HTTP 404 refused.*model 'x' does not exist"):
+        judge(inputs, tmp_path / "out", base_url=srv.base_url, max_retries=5)
+    assert srv.requests == 1
+
+
+def test_budget_refusal_names_the_key_and_estimate(httpserver, inputs, tmp_path):
+    srv = Server(httpserver)
+    p = js.params(base_url=srv.base_url)
+    n_calls = js.expected_calls(inputs, p)
+    with pytest.raises(jclient.JudgeError, match=rf"judge.max_requests=5: this job needs {n_calls} new calls"):
+        judge(inputs, tmp_path / "a", base_url=srv.base_url, max_requests=5)
+    with pytest.raises(jclient.JudgeError, match=r"judge.max_usd=0.01: .* estimated at \$0\.\d\d"):
+        judge(inputs, tmp_path / "a", base_url=srv.base_url, max_usd=0.01,
+              prices={"input_per_mtok": 30.0, "output_per_mtok": 60.0})
+    assert srv.requests == 0
+    # only new calls count: with everything cached, a zero budget is enough
+    judge(inputs, tmp_path / "a", base_url=srv.base_url)
+    judge(inputs, tmp_path / "a", base_url=srv.base_url, max_requests=0, max_usd=0)
+    assert srv.requests == n_calls
+
+
+# --------------------------------------------------------------------------- resumption
+def test_failed_job_keeps_its_answers_and_a_rerun_pays_only_the_rest(httpserver, inputs, tmp_path):
+    srv = Server(httpserver, fail_after=7)
+    out = tmp_path / "out"
+    p = js.params(base_url=srv.base_url, max_retries=1)
+    n_calls = js.expected_calls(inputs, p)
+    with pytest.raises(jclient.JudgeError, match="7 answers are cached"):
+        judge(inputs, out, base_url=srv.base_url, max_retries=1)
+    assert len(js.cache_keys(out)) == 7 and not (out / "judge_report.csv").exists()
+    srv.fail_after, before = None, srv.requests  # the server recovers
+    judge(inputs, out, base_url=srv.base_url)
+    assert srv.requests - before == n_calls - 7
+    assert sorted(js.cache_keys(out)) == sorted(set(js.cache_keys(out))) and len(js.cache_keys(out)) == n_calls
+
+
+def test_killed_job_rerun_pays_only_for_calls_not_yet_made(httpserver, inputs, tmp_path):
+    srv = Server(httpserver, delay=0.15)
+    out = tmp_path / "out"
+    p = js.params(base_url=srv.base_url)
+    n_calls = js.expected_calls(inputs, p)
+    proc = js.run_stage(inputs, out, p, background=True)
+    deadline = time.time() + 120
+    while srv.requests < 8 and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)  # mid-run, a call in flight
+    proc.wait()
+    paid_before_kill, cached = srv.requests, len(js.cache_keys(out))
+    assert 0 < cached < n_calls and not (out / "judge_report.csv").exists()
+    assert paid_before_kill - cached <= 1  # at most the call in flight at the kill is lost
+    rc, log = js.run_stage(inputs, out, p)
+    assert rc == 0, log
+    assert srv.requests - paid_before_kill == n_calls - cached
+    assert f"{cached} cached, {n_calls - cached} to make" in log
+    keys = js.cache_keys(out)
+    assert len(keys) == len(set(keys)) == n_calls
+
+
+def test_truncated_cache_line_is_skipped_and_that_call_made_again(httpserver, inputs, tmp_path):
+    srv = Server(httpserver)
+    out = tmp_path / "out"
+    judge(inputs, out, base_url=srv.base_url)
+    cache = out / ".judge_cache" / "judge.jsonl"
+    lines = cache.read_text().splitlines(keepends=True)
+    cache.write_text("".join(lines[:-1]) + lines[-1][:40])  # a kill in the middle of the last write
+    before = srv.requests
+    judge(inputs, out, base_url=srv.base_url)
+    assert srv.requests - before == 1
+
+
+# --------------------------------------------------------------------------- the API key
+def grep_tree(root: Path, secret: str) -> list[Path]:
+    return [f for f in root.rglob("*") if f.is_file() and secret.encode() in f.read_bytes()]
+
+
+def test_key_is_sent_but_never_written(httpserver, inputs, tmp_path):
+    srv = Server(httpserver)
+    out = tmp_path / "out"
+    p = js.params(base_url=srv.base_url, api_key_env="DRDO_TEST_JUDGE_KEY")
+    rc, log = js.run_stage(inputs, out, p, env={"DRDO_TEST_JUDGE_KEY": KEY}, log=tmp_path / "logs" / "judge.log")
+    assert rc == 0, log
+    assert srv.auth == {f"Bearer {KEY}"}  # the key from the environment variable reached the server
+    assert grep_tree(tmp_path, KEY) == []  # not in the outputs, the cache, the provenance or the log
+    assert "DRDO_TEST_JUDGE_KEY" in json.dumps(io.read_provenance(out / "judge_report.csv")["config"])
+
+
+def test_rejected_key_error_is_redacted(httpserver, inputs, tmp_path, monkeypatch):
+    # servers echo (part of) a wrong key in their message; the job's error and log must not
+    srv = Server(httpserver, answer=lambda r: Response(
+        json.dumps({"error": {"message": f"Incorrect API key provided: {r.headers['Authorization'][7:]}"}}),
+        status=401, content_type="application/json"))
+    monkeypatch.setenv("DRDO_TEST_JUDGE_KEY", KEY)
+    log = logging.FileHandler(tmp_path / "judge.log")
+    logging.getLogger().addHandler(log)
+    try:
+        with pytest.raises(jclient.JudgeError) as err:
+            judge(inputs, tmp_path / "out", base_url=srv.base_url, api_key_env="DRDO_TEST_JUDGE_KEY")
+    finally:
+        logging.getLogger().removeHandler(log)
+        log.close()
+    assert srv.requests == 1 and srv.auth == {f"Bearer {KEY}"}
+    assert "HTTP 401" in str(err.value) and "Incorrect API key provided: [REDACTED]" in str(err.value)
+    assert grep_tree(tmp_path, KEY) == []
+
+
+def test_missing_key_variable_is_named(inputs, tmp_path, monkeypatch):
+    monkeypatch.delenv("DRDO_TEST_JUDGE_KEY", raising=False)
+    with pytest.raises(jclient.JudgeError, match="environment variable DRDO_TEST_JUDGE_KEY is not set "
+                                                 r"\(config key judge.api_key_env"):
+        judge(inputs, tmp_path / "out", base_url="http://127.0.0.1:9/v1", api_key_env="DRDO_TEST_JUDGE_KEY")
+
+
+# --------------------------------------------------------------------------- the workflow
+def dry_run(tmp_path, override: str):
+    (tmp_path / "o.yaml").write_text(override)
+    cmd = [sys.executable, "-m", "snakemake", "-n", "--snakefile", str(js.REPO / "Snakefile"), "--directory",
+           str(tmp_path), "--cores", "2", "--configfile", str(js.REPO / "tests/configs/e2e.yaml"),
+           str(tmp_path / "o.yaml"), "--", "results/e2e/winrates.csv"]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_workflow_adds_the_judge_only_when_enabled(tmp_path):
+    off = dry_run(tmp_path, "judge: {enabled: false}")
+    assert off.returncode == 0 and "rule judge:" not in off.stdout and "judge_report" not in off.stdout
+    on = dry_run(tmp_path, "judge: {enabled: true, splits: [all], comparisons: [[drdo, dpo]], temperatures: [0.9]}")
+    assert on.returncode == 0, on.stderr
+    assert "rule judge:" in on.stdout and "results/e2e/judge_report.csv" in on.stdout
+    winrates = on.stdout.split("rule winrates:", 1)[1].split("jobid", 1)[0]
+    assert "results/e2e/judge/verdicts.parquet" in winrates  # the judge rows feed winrates.csv
+    judge_inputs = on.stdout.split("rule judge:", 1)[1].split("output:", 1)[0]
+    assert "scores/drdo-all.parquet" in judge_inputs and "scores/drdo-hc_he.parquet" not in judge_inputs
+
+
+@pytest.mark.parametrize("override,named", [
+    ("judge: {enabled: true, temperatures: [0.7]}", "judge.temperatures"),   # e2e generates at 0.5 and 0.9
+    ("judge: {enabled: true, temperatures: [0.9], comparisons: [[drdo, drdo]]}", "judge.comparisons"),
+    ("judge: {enabled: true, api_key: sk-SECRET-1}", "judge.api_key is not a judge setting"),  # refused
+    ("judge: {api_key_env: sk-proj-SECRET-123}", "judge.api_key_env must be the NAME"),  # ... and not echoed
+])
+def test_bad_judge_config_stops_before_any_job(tmp_path, override, named):
+    proc = dry_run(tmp_path, override)
+    assert proc.returncode != 0 and named in proc.stdout + proc.stderr
+    assert "SECRET" not in proc.stdout + proc.stderr

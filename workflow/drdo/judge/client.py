@@ -1,0 +1,262 @@
+"""Calls to an OpenAI-compatible chat endpoint: cached, budgeted, retried, key redacted.
+
+Every completed call is appended to a JSON-lines cache (one file per job, outside the job's
+outputs) as soon as it returns, keyed by a hash of the model, the rendered messages and the
+sampling parameters -- never the URL or the key -- so a rerun, or a job killed midway and
+started again, pays for no call twice. Only answers are cached: a transport failure (HTTP
+408/409/429/5xx after the client's retries, a timeout, a malformed body) is not, and it ends the
+job with an error. Any other 4xx stops the job at once with the status and the server's message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import openai
+
+log = logging.getLogger("drdo.judge")
+# An English token is ~4 characters for GPT-style tokenizers; 3 keeps the estimate on the high side.
+CHARS_PER_TOKEN = 3.0
+TOKENS_PER_MESSAGE = 8  # role markers and the like
+RETRYABLE = (408, 409, 429)
+
+
+class JudgeError(RuntimeError):
+    """A call that cannot be completed; its message never holds the API key."""
+
+
+# --------------------------------------------------------------------------- keys and cache
+def call_key(model: str, messages: list[dict], sampling: dict) -> str:
+    blob = json.dumps({"model": model, "messages": messages, "sampling": sampling}, sort_keys=True,
+                      separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+@dataclass
+class Call:
+    key: str
+    messages: list[dict]
+    sampling: dict  # temperature, max_tokens, response_format
+
+
+class CallCache:
+    """Append-only JSON lines ``{key, content, finish_reason, prompt_tokens, completion_tokens, ...}``.
+
+    A line cut short by a kill is skipped on reading (its call is simply made again)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.records: dict[str, dict] = {}
+        self.skipped = 0
+        self._lock = threading.Lock()
+        if self.path.exists():
+            with open(self.path, encoding="utf-8") as fh:
+                for line in fh:
+                    try:
+                        rec = json.loads(line)
+                        self.records[rec["key"]] = rec
+                    except (json.JSONDecodeError, KeyError, TypeError):
+                        self.skipped += 1
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.records
+
+    def get(self, key: str) -> dict | None:
+        return self.records.get(key)
+
+    def put(self, rec: dict) -> None:
+        line = json.dumps(rec, ensure_ascii=False) + "\n"
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(line)
+                fh.flush()
+                os.fsync(fh.fileno())
+            self.records[rec["key"]] = rec
+
+
+# --------------------------------------------------------------------------- budget
+def cost_usd(prompt_tokens: float, completion_tokens: float, prices: dict) -> float:
+    return (prompt_tokens * prices["input_per_mtok"] + completion_tokens * prices["output_per_mtok"]) / 1e6
+
+
+def estimate(calls: list[Call], prices: dict) -> dict:
+    """An upper-side estimate of new calls: input from characters, output at max_tokens."""
+    prompt = sum(sum(len(m["content"]) for m in c.messages) / CHARS_PER_TOKEN + TOKENS_PER_MESSAGE * len(c.messages)
+                 for c in calls)
+    completion = sum(c.sampling["max_tokens"] for c in calls)
+    return {"requests": len(calls), "prompt_tokens": int(prompt), "completion_tokens": int(completion),
+            "usd": cost_usd(prompt, completion, prices)}
+
+
+def check_budget(est: dict, max_usd: float | None, max_requests: int | None, prices: dict) -> None:
+    """Refuse to start a job whose new calls would exceed judge.max_requests or judge.max_usd."""
+    if max_requests is not None and est["requests"] > max_requests:
+        raise JudgeError(f"judge.max_requests={max_requests}: this job needs {est['requests']} new calls; "
+                         "raise the limit or judge fewer prompts (judge.n_prompts, judge.comparisons)")
+    if max_usd is not None and est["usd"] > max_usd:
+        raise JudgeError(
+            f"judge.max_usd={max_usd}: this job's {est['requests']} new calls are estimated at "
+            f"${est['usd']:.2f} (~{est['prompt_tokens']:,} input tokens at ${prices['input_per_mtok']}/M, "
+            f"up to {est['completion_tokens']:,} output tokens at ${prices['output_per_mtok']}/M); "
+            "raise the limit or judge fewer prompts")
+
+
+# --------------------------------------------------------------------------- redaction
+class Redactor(logging.Filter):
+    """Replaces the API key in every log record (and in error messages through ``__call__``)."""
+
+    def __init__(self, secret: str | None):
+        super().__init__()
+        self.secret = secret if secret and len(secret) >= 4 else None
+
+    def __call__(self, text: str) -> str:
+        return text.replace(self.secret, "[REDACTED]") if self.secret else text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secret:
+            record.msg = self(record.getMessage())
+            record.args = None
+        return True
+
+
+# --------------------------------------------------------------------------- calls
+@dataclass
+class Usage:
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    usd: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+
+class JudgeClient:
+    def __init__(self, base_url: str, model: str, api_key: str | None, timeout_s: float, max_retries: int,
+                 redact: Redactor):
+        # Local servers ignore the key, but the client insists on one.
+        self.client = openai.OpenAI(base_url=base_url, api_key=api_key or "no-key", timeout=timeout_s,
+                                    max_retries=max_retries)
+        self.base_url, self.model, self.timeout_s, self.max_retries = base_url, model, timeout_s, max_retries
+        self.redact = redact
+
+    def complete(self, call: Call) -> dict:
+        """One answer as a cache record; raises JudgeError (key redacted) when there is none."""
+        kwargs = {"model": self.model, "messages": call.messages, "temperature": call.sampling["temperature"],
+                  "max_tokens": call.sampling["max_tokens"]}
+        if call.sampling.get("response_format"):
+            kwargs["response_format"] = call.sampling["response_format"]
+        # The openai client retries 408/409/429/5xx, timeouts and connection errors itself (honouring
+        # retry-after); a 200 with an unreadable body is retried here, as many times.
+        for attempt in range(self.max_retries + 1):
+            try:
+                resp = self.client.chat.completions.create(**kwargs)
+            except openai.APIStatusError as e:
+                status = e.status_code
+                what = "still failing after" if status in RETRYABLE or status >= 500 else "refused (not retried,"
+                tail = f"{self.max_retries} retries" if what.startswith("still") else "judge.max_retries does not apply)"
+                raise JudgeError(self.redact(f"judge endpoint {self.base_url}: HTTP {status} {what} {tail}: "
+                                             f"{_server_message(e)}")) from None
+            except openai.APITimeoutError:
+                raise JudgeError(f"judge endpoint {self.base_url}: no answer within judge.timeout_s={self.timeout_s} s, "
+                                 f"still after {self.max_retries} retries (judge.max_retries)") from None
+            except openai.APIConnectionError as e:
+                raise JudgeError(self.redact(f"judge endpoint {self.base_url}: connection failed after "
+                                             f"{self.max_retries} retries: {e}")) from None
+            except (ValueError, openai.APIResponseValidationError) as e:  # body is not JSON / not a completion
+                problem = f"unreadable response body ({type(e).__name__})"
+            else:
+                rec, problem = _record(resp)
+                if rec is not None:
+                    return {"key": call.key, "model": self.model, **rec, "time": time.time()}
+            log.warning("malformed answer from the judge endpoint (%s), attempt %d of %d", problem, attempt + 1,
+                        self.max_retries + 1)
+            if attempt < self.max_retries:
+                time.sleep(min(0.5 * 2 ** attempt, 8.0))
+        raise JudgeError(f"judge endpoint {self.base_url}: malformed answers ({problem}) in all "
+                         f"{self.max_retries + 1} attempts (judge.max_retries)")
+
+
+def _server_message(e: openai.APIStatusError) -> str:
+    body = e.body
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        msg = err.get("message") if isinstance(err, dict) else err
+        if msg:
+            return str(msg)[:500]
+    return str(e.message)[:500]
+
+
+def _record(resp) -> tuple[dict | None, str]:
+    """The cached fields of a chat completion, or (None, problem) when it is not one."""
+    choices = getattr(resp, "choices", None)
+    if not isinstance(choices, list) or not choices:
+        return None, "no choices"
+    message = getattr(choices[0], "message", None)
+    content = getattr(message, "content", None) if message is not None else None
+    if content is not None and not isinstance(content, str):
+        return None, "content is not text"
+    usage = getattr(resp, "usage", None)
+    prompt_tokens = getattr(usage, "prompt_tokens", None) if usage is not None else None
+    completion_tokens = getattr(usage, "completion_tokens", None) if usage is not None else None
+    if not isinstance(prompt_tokens, int) or not isinstance(completion_tokens, int):
+        return None, "no token usage"  # without it the call cannot be accounted for
+    return {"content": content if content is not None else "", "finish_reason": getattr(choices[0], "finish_reason", None),
+            "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}, ""
+
+
+def run_calls(calls: list[Call], client: JudgeClient, cache: CallCache, max_concurrency: int, prices: dict,
+              max_usd: float | None, max_requests: int | None) -> Usage:
+    """Make every call not yet cached, ``max_concurrency`` at a time, caching each as it returns.
+
+    On the first failure no new call starts; calls in flight finish (and are cached, they are
+    paid), then the failure is raised. The spend is re-checked against the limits before each call.
+    """
+    usage = Usage()
+    todo = [c for c in calls if c.key not in cache]
+    stop = threading.Event()
+
+    def one(call: Call) -> None:
+        with usage.lock:
+            if stop.is_set():
+                return
+            if max_requests is not None and usage.calls >= max_requests:
+                stop.set()
+                raise JudgeError(f"judge.max_requests={max_requests} reached during the run")
+            if max_usd is not None and usage.usd >= max_usd:
+                stop.set()
+                raise JudgeError(f"judge.max_usd={max_usd} reached during the run (spent ${usage.usd:.4f})")
+            usage.calls += 1  # counted when it starts: a call in flight may be billed
+        try:
+            rec = client.complete(call)
+        except BaseException:
+            stop.set()
+            raise
+        cache.put(rec)
+        with usage.lock:
+            usage.prompt_tokens += rec["prompt_tokens"]
+            usage.completion_tokens += rec["completion_tokens"]
+            usage.usd += cost_usd(rec["prompt_tokens"], rec["completion_tokens"], prices)
+        done = len(cache.records)
+        if done % 50 == 0:
+            log.info("%d calls made this run, %d answers cached", usage.calls, done)
+
+    with ThreadPoolExecutor(max_workers=max_concurrency) as pool:
+        futures = [pool.submit(one, c) for c in todo]
+        wait(futures, return_when=FIRST_EXCEPTION)
+        if any(f.done() and f.exception() is not None for f in futures):
+            stop.set()
+            for f in futures:
+                f.cancel()  # calls not started yet; those in flight finish and are cached
+    errors = [f.exception() for f in futures if not f.cancelled() and f.exception() is not None]
+    if errors:
+        raise JudgeError(f"{errors[0]} ({len(errors)} call(s) failed; {len(cache.records)} answers are cached in "
+                         f"{cache.path} and will not be paid for again)") from None
+    return usage

@@ -1,0 +1,100 @@
+"""The judge stage: ``python -m drdo judge`` (rule ``judge``, workflow/rules/judge.smk).
+
+Reads the scored generations and the eval prompts, judges every selected comparison in both
+orders, and writes ``judge/verdicts.parquet`` (one row per prompt and comparison, with the raw
+answers) and ``judge_report.csv``. The calls are cached in ``--cache``, outside the outputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from .. import io
+from ..winrates import comparisons
+from . import protocol
+from .client import CallCache, JudgeClient, JudgeError, Redactor, check_budget, estimate, run_calls
+from .prompts import load_template
+from .serve import gguf_name, local_server, resolve_gguf
+
+log = logging.getLogger("drdo.judge")
+
+
+def _api_key(p: dict) -> str | None:
+    """The key from the environment variable named by judge.api_key_env (never from the config)."""
+    name = p.get("api_key_env")
+    if not name or p.get("serve"):
+        return None
+    key = os.environ.get(name)
+    if not key:
+        raise JudgeError(f"environment variable {name} is not set (config key judge.api_key_env names it)")
+    return key
+
+
+def run(a) -> None:
+    p = dict(a.params)
+    if p["comparisons"] == "all":  # the comparisons of winrates.csv
+        p["comparisons"] = [list(c) for c in comparisons(p["methods"])]
+    started = time.time()
+    api_key = _api_key(p)
+    redact = Redactor(api_key)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(redact)
+    for noisy in ("httpx", "httpx2", "httpcore"):  # one INFO line per request otherwise
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    scores = pd.concat([io.read_parquet(f) for f in a.scores], ignore_index=True)
+    prompts = io.read_parquet(a.prompts)
+    templates = {name: load_template(path) for name, path in (t.split("=", 1) for t in a.templates)}
+    gguf = resolve_gguf(p["serve"]["gguf"]) if p.get("serve") else None
+    # what answers the calls: the config's model name, or the served file's content
+    model_id = f"{p['model']}@gguf:{io.file_hash(gguf)}" if gguf else p["model"]
+
+    items = protocol.plan(scores, prompts, p)
+    items, calls = protocol.calls(items, templates, p, model_id)
+    cache = CallCache(a.cache)
+    if cache.skipped:
+        log.warning("%s: skipped %d unreadable line(s) (a job killed mid-write); those calls are made again",
+                    cache.path, cache.skipped)
+    todo = [c for c in calls if c.key not in cache]
+    prices = p["prices"]
+    est = estimate(todo, prices)
+    log.info("judge %s: %d comparisons x prompts, %d distinct calls, %d cached, %d to make "
+             "(estimate: ~%d input tokens, <= %d output tokens, <= $%.4f)", model_id, len(items), len(calls),
+             len(calls) - len(todo), len(todo), est["prompt_tokens"], est["completion_tokens"], est["usd"])
+    check_budget(est, p.get("max_usd"), p.get("max_requests"), prices)
+
+    made = None
+    if todo:
+        server = local_server(p["serve"]) if gguf else contextlib.nullcontext(p["base_url"])
+        with server as base_url:
+            if gguf:
+                log.info("serving %s (%s) at %s", gguf_name(gguf), gguf.name, base_url)
+            client = JudgeClient(base_url, p["model"], api_key, p["timeout_s"], p["max_retries"], redact)
+            made = run_calls(todo, client, cache, p["max_concurrency"], prices, p.get("max_usd"), p.get("max_requests"))
+        log.info("made %d calls: %d prompt tokens, %d completion tokens, $%.4f", made.calls, made.prompt_tokens,
+                 made.completion_tokens, made.usd)
+
+    verdicts = protocol.outcomes(items, cache, prices)
+    table = protocol.report(verdicts, p.get("gold", False))
+    with pd.option_context("display.width", 250, "display.max_columns", 30):
+        log.info("judge report:\n%s", table.to_string(index=False))
+    wall = time.time() - started
+    run_info = {"model_id": model_id, "calls_needed": len(calls), "calls_cached": len(calls) - len(todo),
+                "calls_made": made.calls if made else 0,
+                "prompt_tokens_made": made.prompt_tokens if made else 0,
+                "completion_tokens_made": made.completion_tokens if made else 0,
+                "usd_made": made.usd if made else 0.0, "wall_s": round(wall, 2),
+                "unusable_verdicts": int(table["unusable_verdicts"].sum()),
+                "gguf": gguf_name(gguf) if gguf else None}
+    log.info("judge run: %s", run_info)
+    inputs = {**{Path(f).stem: f for f in a.scores}, "prompts": a.prompts,
+              **{f"template_{n}": path for n, path in (t.split("=", 1) for t in a.templates)}}
+    prov = {**io.provenance("judge", p, inputs), "run": run_info}
+    io.write_parquet(verdicts, a.out_verdicts, prov)
+    io.write_csv(table, a.out_report, prov)

@@ -1,0 +1,54 @@
+# Judge settings and checks (workflow/rules/judge.smk); nothing here runs a job.
+JUDGE = config["judge"]
+JUDGE_ON = JUDGE["enabled"]
+JUDGE_VERDICTS = f"{OUT}/judge/verdicts.parquet"
+
+
+def judge_template(path):
+    """Template paths are relative to the repository root (like the embedded config)."""
+    return path if os.path.isabs(path) else os.path.join(workflow.basedir, path)
+
+
+def judge_policies():
+    """Score files the judged comparisons read."""
+    if JUDGE["comparisons"] == "all":
+        names = set(METHODS) | {"sft", "reference"}
+    else:
+        names = {name for pair in JUDGE["comparisons"] for name in pair}
+    policies = [p for p in ("sft", "reference") if p in names]
+    return policies + [f"{m}-{s}" for m in METHODS if m in names for s in JUDGE["splits"]]
+
+
+def judge_params():
+    params = {k: v for k, v in JUDGE.items() if k not in ("enabled", "prompts")}
+    params["methods"] = METHODS
+    params["gold"] = config["data"]["source"] == "synthetic"  # agreement with the world's true reward
+    return as_json(params)
+
+
+if JUDGE_ON:
+    # Checked at parse time so that a wrong key stops the run before any job, with the key named.
+    for _t in JUDGE["temperatures"]:
+        if _t not in config["generate"]["temperatures"]:
+            raise ValueError(f"config key judge.temperatures: {_t} is not among generate.temperatures")
+    for _s in JUDGE["splits"]:
+        if _s not in SPLITS:
+            raise ValueError(f"config key judge.splits: {_s} is not among align.splits")
+    if JUDGE["comparisons"] != "all":
+        for _a, _b in JUDGE["comparisons"]:
+            if _a == _b:
+                raise ValueError(f"config key judge.comparisons: [{_a}, {_b}] compares a policy with itself")
+            for _name in (_a, _b):
+                if _name not in METHODS + ["sft", "reference"]:
+                    raise ValueError(f"config key judge.comparisons: {_name} is not among align.methods, sft, reference")
+    if JUDGE["serve"] is None and not JUDGE["base_url"]:
+        raise ValueError("config key judge.base_url must be set when judge.serve is null")
+    for _name, _path in JUDGE["prompts"].items():
+        if not os.path.isfile(judge_template(_path)):
+            raise ValueError(f"config key judge.prompts.{_name}: {_path} does not exist")
+
+
+def lineage_judge():
+    templates = {k: Path(judge_template(v)).read_text() for k, v in JUDGE["prompts"].items()}
+    return digest("judge", [lineage_scores(p) for p in judge_policies()], lineage_data(), judge_params(),
+                  templates, code("cmd_judge"))

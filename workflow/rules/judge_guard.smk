@@ -1,0 +1,13 @@
+# Runs before the schema check (common.smk): a schema error prints the section's values, and a
+# judge section may hold an API key pasted by mistake. Stop first, naming only the key.
+import re
+
+_judge_schema = yaml.safe_load((Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml").read_text())
+for _key in config.get("judge") or {}:
+    if _key not in _judge_schema["properties"]["judge"]["properties"]:
+        raise ValueError(f"config key judge.{_key} is not a judge setting (an API key belongs in the "
+                         "environment variable named by judge.api_key_env)")
+_key_env = (config.get("judge") or {}).get("api_key_env")
+if _key_env is not None and not (isinstance(_key_env, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", _key_env)):
+    raise ValueError("config key judge.api_key_env must be the NAME of an environment variable "
+                     "(letters, digits, _), not the key itself")

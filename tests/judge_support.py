@@ -126,7 +126,7 @@ class CountingProxy:
                 req = urllib.request.Request(proxy.upstream + self.path, data=body, method="POST",
                                              headers={"content-type": "application/json"})
                 try:
-                    with urllib.request.urlopen(req, timeout=120) as r:
+                    with urllib.request.urlopen(req, timeout=600) as r:  # a loaded CI machine is slow
                         status, data = r.status, r.read()
                 except urllib.error.HTTPError as e:
                     status, data = e.code, e.read()

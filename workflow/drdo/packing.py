@@ -14,8 +14,9 @@ padding) and ``branch`` (0: shared by the whole group; 1: chosen only; 2: reject
 q sees key k iff k <= q in the row, same group, and k's branch is 0 or q's branch. Which kernel
 applies it is picked in one place, :func:`attention_inputs`: a dense 4D mask for SDPA or eager
 attention (CPU, and any GPU without the kernels below), a ``BlockMask`` for flex attention, and
-for flash-attention (varlen) kernels, which only know block-causal masks, plain position ids
-(with no sharing of prompts).
+for flash-attention (varlen) kernels, which only know block-causal masks, all rows as one row
+with position ids restarting per sequence and no sharing of prompts (``shares_prefixes``). The
+flex and flash paths are for GPUs; flex is tested on CPU (compiled), flash has not run here.
 
 Log-probs are computed from the final hidden states at the positions that predict a response
 token only (LM head, then log-softmax, then the target's entry), so memory scales with response
@@ -179,10 +180,8 @@ def shares_prefixes(model) -> bool:
 def attention_inputs(model, packed: Packed) -> dict:
     """The attention arguments for the model's kernel: the one place that picks it."""
     impl = _hf(model).config._attn_implementation
-    if impl in FLASH:  # cu_seqlens are derived from position ids restarting at 0
-        if (packed.branch != SHARED).any() and (packed.branch == SHARED).any():
-            raise ValueError(f"{impl} cannot share prompts: pack with share_prefix=False")
-        return {"attention_mask": None, "position_ids": packed.position_ids}
+    if impl in FLASH:  # one row; cu_seqlens come from position ids restarting at 0 (no shared prompts)
+        return {"attention_mask": None, "position_ids": packed.position_ids.reshape(1, -1)}
     if impl == "flex_attention":
         return {"attention_mask": flex_block_mask(packed), "position_ids": packed.position_ids}
     mask = dense_mask(packed)
@@ -199,7 +198,9 @@ def _hf(model):
 def final_hidden(model, packed: Packed) -> torch.Tensor:
     """Final (normed) hidden states of the decoder, [R * L, H]; no LM head."""
     decoder = _hf(model).get_decoder()
-    out = decoder(input_ids=packed.input_ids, use_cache=False, **attention_inputs(model, packed))
+    kwargs = attention_inputs(model, packed)
+    ids = packed.input_ids.reshape(kwargs["position_ids"].shape)  # flat slot indices are unchanged
+    out = decoder(input_ids=ids, use_cache=False, **kwargs)
     hidden = out.last_hidden_state
     return hidden.reshape(-1, hidden.shape[-1])
 

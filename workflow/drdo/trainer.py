@@ -3,9 +3,9 @@ one CPU, one GPU or N processes (DDP or DeepSpeed ZeRO-2) through ``accelerate``
 
 AdamW (no decay on biases and norms), linear warm-up then cosine decay, gradient
 accumulation, gradient clipping, a seed. Each micro-batch is packed without padding, a pair's
-prompt computed once and log-probs taken at response positions only (``packing.py``). The sample order is a pure function of (seed, step) and each global batch is
-cut into equal per-rank shards, so N processes with micro-batch b/N reproduce one process
-with batch b. A job killed midway resumes from its last saved state (``accelerate``'s
+prompt computed once and log-probs taken at response positions only (``packing.py``). The
+sample order is a pure function of (seed, step) and each global batch is cut into equal
+per-rank shards, so N processes with micro-batch b/N reproduce one process with batch b. A job killed midway resumes from its last saved state (``accelerate``'s
 ``save_state``: weights, optimizer, scheduler and every RNG, CUDA included) and finishes
 exactly as an uninterrupted one would.
 

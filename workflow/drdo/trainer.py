@@ -61,7 +61,7 @@ class TrainConfig:
     save_every: int = 0  # resume-state interval in optimizer steps; 0 = never
     dtype: str = "float32"  # compute dtype; master weights and optimizer states stay fp32
     gradient_checkpointing: bool = False
-    pack_tokens: int = 0  # row budget of a packed micro-batch in tokens; 0 = twice its mean pair/sequence
+    pack_tokens: int = 0  # row budget of a packed micro-batch in tokens; 0: packing.AUTO_ROW_CAP rule
     deepspeed: str | dict | None = None  # DeepSpeed config (JSON path or its content); None = DDP
 
     @classmethod

@@ -19,3 +19,23 @@ def test_align_throughput_bench_on_cpu():
     assert [r["gradient_checkpointing"] for r in rows] == [False, True]
     for r in rows:
         assert r["tokens_per_s"] > 0 and r["seq_len"] == 32 and r["peak_mem_gib"] > 0
+
+
+def test_rule_times_reads_a_snakemake_log(tmp_path, capsys):
+    sys.path.insert(0, str(REPO / "bench"))
+    import rule_times
+
+    log = tmp_path / "run.snakemake.log"
+    log.write_text("\n".join([
+        "[Sun Nov 29 12:00:00 2026]", "localrule synthetic:", "    output: a", "    jobid: 2", "",
+        "[Sun Nov 29 12:00:10 2026]", "Finished jobid: 2 (Rule: synthetic)",
+        "[Sun Nov 29 12:00:10 2026]", "rule align:", "    jobid: 5", "    wildcards: method=drdo, split=all", "",
+        "[Sun Nov 29 12:00:11 2026]", "rule align:", "    jobid: 6", "    wildcards: method=dpo, split=all", "",
+        "[Sun Nov 29 12:01:10 2026]", "Finished jobid: 6 (Rule: align)",
+        "[Sun Nov 29 12:01:40 2026]", "Finished jobid: 5 (Rule: align)", ""]))
+    jobs = rule_times.parse(log.read_text().splitlines())
+    assert {j["jobid"]: j["end"] - j["start"] for j in jobs} == {2: 10, 5: 90, 6: 59}
+    rule_times.main(str(log))
+    out = capsys.readouterr().out
+    assert "| align | 2 | 149 | 90 |" in out and "100 s" in out
+    assert out.index("| synthetic |  | 0 | 10 | 10 |") < out.index("| align | method=drdo, split=all | 10 | 100 | 90 |")

@@ -170,7 +170,7 @@ def test_evaluate_oracle_reward_acc(tok, pairs):
     assert whole["reward_acc"] == pytest.approx((out["r_w"] > out["r_l"]).float().mean().item())
 
 
-def test_collate_pairs_chosen_first_then_rejected(tok):
+def test_collate_pairs_chosen_then_rejected_packed(tok):
     pad = tok.pad_token_id
     seqs = [(encode(tok, "a", "b c d", 64), encode(tok, "a", "e", 64)),
             (encode(tok, "f g h i", "j", 64), encode(tok, "f g h i", "k l m n o", 64)),
@@ -178,23 +178,30 @@ def test_collate_pairs_chosen_first_then_rejected(tok):
     exs = [Example([c, r], {"oracle_chosen": float(i), "oracle_rejected": -float(i) - 0.5})
            for i, (c, r) in enumerate(seqs)]
     batch = collate(exs, pad, paired=True)
-    rows = [c for c, _ in seqs] + [r for _, r in seqs]
-    width = max(len(s.input_ids) for s in rows)
-    assert batch["input_ids"].shape == (6, width)
-    for i, s in enumerate(rows):
-        n = len(s.input_ids)
-        assert batch["input_ids"][i, :n].tolist() == s.input_ids
-        assert batch["input_ids"][i, n:].eq(pad).all()
-        assert batch["attention_mask"][i].tolist() == [1] * n + [0] * (width - n)
-        assert batch["loss_mask"][i].tolist() == s.loss_mask + [0] * (width - n)
+    packed = batch["packed"]
+    # sequence 2i is pair i's chosen, 2i+1 its rejected; each prompt is stored once, no padding
+    order = [s for pair in seqs for s in pair]
+    assert packed.ntok.tolist() == [sum(s.loss_mask[1:]) for s in order]
+    shared = [next(j for j, (x, y) in enumerate(zip(c.input_ids, r.input_ids)) if x != y) for c, r in seqs]
+    lengths = [len(c.input_ids) + len(r.input_ids) - n for (c, r), n in zip(seqs, shared)]
+    assert packed.group.ge(0).sum() == sum(lengths)
+    # budget 0: rows of twice the mean pair (at least the longest), filled longest first
+    assert packed.input_ids.shape[1] <= max(max(lengths), -(-2 * sum(lengths) // len(lengths)))
+    for i, s in enumerate(order):
+        targets = [t for t, m in zip(s.input_ids[1:], s.loss_mask[1:]) if m]
+        assert packed.target[packed.target_seq == i].tolist() == targets
+        assert packed.input_ids.view(-1)[packed.last_index[i]] == s.input_ids[-1]
     assert set(batch["values"]) == {"oracle_chosen", "oracle_rejected"}
     assert batch["values"]["oracle_chosen"].tolist() == [0.0, 1.0, 2.0]
     assert batch["values"]["oracle_rejected"].tolist() == [-0.5, -1.5, -2.5]
     assert batch["values"]["oracle_chosen"].dtype == torch.float32
 
-    single = collate(exs, pad, paired=False)
-    assert single["input_ids"].shape[0] == 3
-    assert single["input_ids"][1, :len(seqs[1][0].input_ids)].tolist() == seqs[1][0].input_ids
+    single = collate(exs, pad, paired=False, budget=1000)["packed"]
+    assert single.n_seqs == 3 and single.input_ids.shape[0] == 1
+    for i, (c, _) in enumerate(seqs):  # each sequence whole in its row, positions from 0
+        slots = single.group[0] == i
+        assert single.input_ids[0, slots].tolist() == c.input_ids
+        assert single.position_ids[0, slots].tolist() == list(range(len(c.input_ids)))
     assert collate([Example([seqs[0][0]])], pad, paired=False)["values"] == {}
 
 

@@ -220,7 +220,7 @@ def cmd_table(a) -> None:
         for side in ("chosen", "rejected"):
             out = score(model, tokenizer, pairs["prompt"].tolist(), pairs[side].tolist(),
                         a.params["max_length"], a.params["batch_size"], documents=pairs["document"].tolist(),
-                        **_score_lengths(a.params))
+                        logps=a.value == "logp", **_score_lengths(a.params))
             if out["n_too_long"]:  # the split stage's filter uses the same encode(): never expected
                 raise ValueError(f"{out['n_too_long']} pairs of {a.pairs} do not fit max_length="
                                  f"{a.params['max_length']}; rebuild the splits with the same lengths")
@@ -276,7 +276,7 @@ def cmd_score(a) -> None:
     oracle = for_inference(LMWithRewardHead.from_pretrained(a.oracle), a.params.get("dtype", "float32"))
     out = score(oracle, load_tokenizer(a.oracle), gen["prompt"].tolist(), gen["response"].tolist(),
                 a.params["max_length"], a.params["batch_size"], documents=gen["document"].tolist(),
-                **_score_lengths(a.params))
+                logps=False, **_score_lengths(a.params))
     if out["n_too_long"]:
         log.warning("%d responses longer than max_length=%d allows: not scored (NaN), left out of the "
                     "win-rates", out["n_too_long"], a.params["max_length"])

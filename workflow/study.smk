@@ -24,6 +24,7 @@ rule study_all:
     input:
         f"{ROOT}/study.csv",
         expand(f"{ROOT}/figures/study_{{scorer}}.png", scorer=["gold", "oracle", "disagreement"]),
+        RUN_REPORT,
     default_target: True
 
 

@@ -67,8 +67,10 @@ TRAIN_SEEDS = STUDY["seeds"]["train"]
 
 
 def _world_key(cfg):
-    """Everything but the align keys and the folders: what the world-level artifacts depend on."""
-    return json.dumps({k: v for k, v in cfg.items() if k not in ("align", "out_dir", "upstream_dir")}, sort_keys=True)
+    """What the world-level artifacts depend on: every key but the align keys, the folders and the
+    compute settings (threads and resources change how fast a job runs, not what it makes)."""
+    skip = ("align", "out_dir", "upstream_dir", "resume_dir", "threads", "resources")
+    return json.dumps({k: v for k, v in cfg.items() if k not in skip}, sort_keys=True)
 
 
 def _method_key(cfg, method):
@@ -125,10 +127,19 @@ for i, world in enumerate(WORLDS.values()):
     workflow.module(name=f"world{i}", snakefile=SNAKEFILE, config=world["config"])
     workflow.userule(rules=WORLD_RULES, from_module=f"world{i}", name_modifier=f"w{i}_*")(lambda: None)
     workflow.localrules(*(f"w{i}_{r}" for r in LOCAL))
+# The first run (the baseline of the first seeds, which trains every method) also gets the
+# main workflow's win-rate table, validation table and figures, for the study's report.
+REPORT_RULES = ["winrates", "validation_report", "training_curves", "winrate_forest", "length_distribution"]
 for i, run in enumerate(r for r in RUNS if r["owned"]):
     run["prefix"] = f"r{i}_"
     workflow.module(name=f"run{i}", snakefile=SNAKEFILE, config=run["config"])
-    workflow.userule(rules=RUN_RULES, from_module=f"run{i}", name_modifier=f"r{i}_*")(lambda: None)
+    rules = RUN_RULES + (REPORT_RULES if i == 0 else [])
+    workflow.userule(rules=rules, from_module=f"run{i}", name_modifier=f"r{i}_*")(lambda: None)
+    workflow.localrules(*(f"r{i}_{r}" for r in ("winrates", "validation_report") if i == 0))
+FIRST = RUNS[0]["dir"]
+RUN_REPORT = [f"{FIRST}/winrates.csv", f"{FIRST}/validation.csv", f"{FIRST}/figures/lengths.png"] + [
+    f"{FIRST}/figures/curves_{g}.png" for g in SPLITS + ["world"]] + [
+    f"{FIRST}/figures/forest_{s}.png" for s in BASE["winrates"]["scorers"]]
 
 
 def _score_lineages():

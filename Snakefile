@@ -9,6 +9,9 @@ min_version("8.0")
 configfile: "config/config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/synthetic.smk"
 include: "workflow/rules/normalise.smk"
@@ -24,6 +27,7 @@ include: "workflow/rules/score.smk"
 include: "workflow/rules/judge.smk"
 include: "workflow/rules/winrates.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/figures.smk"
 
 
 # Seconds of CPU on small tables: never worth a cluster submission.
@@ -34,11 +38,12 @@ localrules:
     gold_table,
     winrates,
     validation_report,
+    figures,
 
 
 rule all:
     input:
         f"{OUT}/winrates.csv",
-        f"{OUT}/data/table5.csv",
+        f"{UP}/data/table5.csv",
         f"{OUT}/validation.csv",
     default_target: True

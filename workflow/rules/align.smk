@@ -1,7 +1,7 @@
 rule align:
     input:
-        sft=f"{OUT}/models/sft",
-        data=f"{OUT}/data/splits/{{split}}.parquet",
+        sft=f"{UP}/models/sft",
+        data=f"{UP}/data/splits/{{split}}.parquet",
         tables=method_tables,
     output:
         directory(f"{OUT}/models/{{method}}-{{split}}"),

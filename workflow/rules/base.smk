@@ -1,15 +1,15 @@
 rule base_model:
     input:
-        pairs=f"{OUT}/data/pairs.parquet",
-        sft=f"{OUT}/data/sft.parquet",
+        pairs=f"{UP}/data/pairs.parquet",
+        sft=f"{UP}/data/sft.parquet",
     output:
-        directory(f"{OUT}/models/base"),
+        directory(f"{UP}/models/base"),
     params:
         cfg=as_json(config["model"]),
         lineage=lineage_base(),
     threads: config["threads"]["default"]
     log:
-        f"{OUT}/logs/base_model.log",
+        f"{UP}/logs/base_model.log",
     conda:
         ENV
     shell:

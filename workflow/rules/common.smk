@@ -9,9 +9,13 @@ import yaml
 from snakemake.utils import update_config, validate
 
 
+# The repository root, from this file's place in it (not the main Snakefile's: a study includes
+# this workflow as a module from workflow/study.smk).
+REPO = str(Path(str(workflow.current_basedir)).parents[1])
+
 # A user config (--configfile / --config) only needs the keys it changes: start from the
 # embedded default wherever the workflow is run from.
-_merged = yaml.safe_load((Path(workflow.basedir) / "config" / "config.yaml").read_text())
+_merged = yaml.safe_load((Path(REPO) / "config" / "config.yaml").read_text())
 update_config(_merged, config)
 config.update(_merged)
 
@@ -23,6 +27,9 @@ include: "judge_guard.smk"
 validate(config, schema="../schemas/config.schema.yaml")
 
 OUT = config["out_dir"].rstrip("/")
+# World-level artifacts (raw data, splits, base, SFT, Oracle, ensemble, tables, SFT and reference
+# scores) depend on no align-level key; a study points several runs at one world's folder.
+UP = (config.get("upstream_dir") or OUT).rstrip("/")
 # The default never needs a hub; a failed hub look-up would only cost ~50 s of retries.
 if config["model"]["name_or_path"] == "tiny":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -55,7 +62,7 @@ def as_json(obj):
 
 def repo_path(path):
     """A repository file named in the config, relative to the working directory or the repo."""
-    return path if os.path.exists(path) else os.path.join(workflow.basedir, path)
+    return path if os.path.exists(path) else os.path.join(REPO, path)
 
 
 def train_params(*sections):
@@ -76,6 +83,7 @@ def train_params(*sections):
 
 # ---------------------------------------------------------------- compute per job
 RESUME = (config.get("resume_dir") or f"{OUT}/.resume").rstrip("/")
+RESUME_UP = (config.get("resume_dir") or f"{UP}/.resume").rstrip("/")
 
 
 def res(name, key):
@@ -92,7 +100,7 @@ def res(name, key):
 # (it would otherwise trust a downstream file that looks fresh), and aggregates refuse inputs
 # whose recorded lineage is not the current one.
 _spec = importlib.util.spec_from_file_location(
-    "drdo_codedeps", os.path.join(workflow.basedir, "workflow", "drdo", "codedeps.py"))
+    "drdo_codedeps", os.path.join(REPO, "workflow", "drdo", "codedeps.py"))
 codedeps = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(codedeps)
 
@@ -137,7 +145,7 @@ def hub_specs():
 def raw_file(name):
     """A raw input: written by the synthetic world, or a user file from data.files."""
     if config["data"]["source"] == "synthetic":
-        return f"{OUT}/raw/{SYNTHETIC_FILES[name]}"
+        return f"{UP}/raw/{SYNTHETIC_FILES[name]}"
     path = config["data"].get("files", {}).get(name)
     if not path:
         raise ValueError(f"config key data.files.{name} must be set when data.source is 'files'")
@@ -177,7 +185,12 @@ METHOD_TABLES = {  # the precomputed tables a method reads: the only data differ
 
 
 def method_tables(wildcards):
-    return [f"{OUT}/tables/{t}.parquet" for t in METHOD_TABLES[wildcards.method]]
+    return [f"{UP}/tables/{t}.parquet" for t in METHOD_TABLES[wildcards.method]]
+
+
+def run_dir(policy):
+    """Folder of a policy's model, generations and scores: SFT (and the reference) are world-level."""
+    return UP if policy in ("sft", "reference") else OUT
 
 
 def policy_method(wildcards):
@@ -201,7 +214,7 @@ GENERATE_PARAMS = as_json({**config["generate"], "max_prompt_length": LENGTHS["m
                            **INFERENCE})
 # Every pair any split holds (split.max_validation samples each split's validation pairs
 # on its own, so hc_he / lc_le may hold validation pairs that `all` does not).
-TABLE_PAIRS = expand(f"{OUT}/data/splits/{{split}}.parquet", split=["all", "hc_he", "lc_le"])
+TABLE_PAIRS = expand(f"{UP}/data/splits/{{split}}.parquet", split=["all", "hc_he", "lc_le"])
 
 
 # ---------------------------------------------------------------- lineage of each artifact
@@ -278,6 +291,8 @@ def lineage_of(path):
         return lineage_judge()
     if parent == "scores":
         return lineage_scores(name)
+    if parent == "generations":
+        return lineage_generations(name)
     if parent == "tables":
         return lineage_table(name)
     if name == "oracle":
@@ -290,3 +305,14 @@ def lineage_of(path):
 def expected_lineage(wildcards, input):
     """JSON {input path: lineage} an aggregate checks its inputs' provenance against."""
     return as_json({str(f): lineage_of(f) for f in input})
+
+
+# ---------------------------------------------------------------- figures (rule `figures`)
+CURVE_GROUPS = SPLITS + ["world"]
+
+
+def curve_models(wildcards):
+    """The aligned policies of one split, or the world's models (SFT, Oracle, ensemble)."""
+    if wildcards.group == "world":
+        return [f"{UP}/models/sft", f"{UP}/models/oracle"] + [f"{UP}/models/rm{m}" for m in MEMBERS]
+    return [f"{OUT}/models/{m}-{wildcards.group}" for m in METHODS]

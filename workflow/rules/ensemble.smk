@@ -1,20 +1,20 @@
 rule reward_model:
     input:
-        sft=f"{OUT}/models/sft",
-        data=f"{OUT}/data/splits/all.parquet",
+        sft=f"{UP}/models/sft",
+        data=f"{UP}/data/splits/all.parquet",
     output:
-        directory(f"{OUT}/models/rm{{member}}"),
+        directory(f"{UP}/models/rm{{member}}"),
     params:
         cfg=lambda wildcards: member_params(wildcards.member),
         lineage=lambda wildcards: lineage_rm(wildcards.member),
-        resume=lambda wildcards: f"{RESUME}/rm{wildcards.member}",
+        resume=lambda wildcards: f"{RESUME_UP}/rm{wildcards.member}",
     threads: config["threads"]["default"]
     resources:
         gpu=res("reward_model", "gpu"),
         mem_mb=res("reward_model", "mem_mb"),
         runtime=res("reward_model", "runtime"),
     log:
-        f"{OUT}/logs/reward_model_{{member}}.log",
+        f"{UP}/logs/reward_model_{{member}}.log",
     conda:
         ENV
     shell:

@@ -1,7 +1,7 @@
 rule generate:
     input:
-        policy=f"{OUT}/models/{{policy}}",
-        prompts=f"{OUT}/data/eval_prompts.parquet",
+        policy=lambda wildcards: f"{run_dir(wildcards.policy)}/models/{wildcards.policy}",
+        prompts=f"{UP}/data/eval_prompts.parquet",
     output:
         f"{OUT}/generations/{{policy}}.parquet",
     params:

@@ -8,8 +8,8 @@ if JUDGE_ON:
 
     rule judge:
         input:
-            scores=expand(f"{OUT}/scores/{{policy}}.parquet", policy=judge_policies()),
-            prompts=f"{OUT}/data/eval_prompts.parquet",
+            scores=[f"{run_dir(p)}/scores/{p}.parquet" for p in judge_policies()],
+            prompts=f"{UP}/data/eval_prompts.parquet",
             templates=[judge_template(p) for p in JUDGE["prompts"].values()],
         output:
             verdicts=JUDGE_VERDICTS,

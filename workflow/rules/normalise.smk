@@ -2,15 +2,15 @@ rule normalise:
     input:
         unpack(raw_inputs),
     output:
-        pairs=f"{OUT}/data/pairs.parquet",
-        sft=f"{OUT}/data/sft.parquet",
-        eval=f"{OUT}/data/eval_prompts.parquet",
+        pairs=f"{UP}/data/pairs.parquet",
+        sft=f"{UP}/data/sft.parquet",
+        eval=f"{UP}/data/eval_prompts.parquet",
     params:
         cfg=NORMALISE_PARAMS,
         lineage=lineage_data(),
         sources=lambda wildcards, input: " ".join(f"--{k.replace('_', '-')} {shlex.quote(v)}" for k, v in input.items()),
     log:
-        f"{OUT}/logs/normalise.log",
+        f"{UP}/logs/normalise.log",
     conda:
         ENV
     shell:

@@ -1,20 +1,20 @@
 rule oracle:
     input:
-        sft=f"{OUT}/models/sft",
-        data=f"{OUT}/data/splits/all.parquet",
+        sft=f"{UP}/models/sft",
+        data=f"{UP}/data/splits/all.parquet",
     output:
-        directory(f"{OUT}/models/oracle"),
+        directory(f"{UP}/models/oracle"),
     params:
         cfg=oracle_params(),
         lineage=lineage_oracle(),
-        resume=f"{RESUME}/oracle",
+        resume=f"{RESUME_UP}/oracle",
     threads: config["threads"]["default"]
     resources:
         gpu=res("oracle", "gpu"),
         mem_mb=res("oracle", "mem_mb"),
         runtime=res("oracle", "runtime"),
     log:
-        f"{OUT}/logs/oracle.log",
+        f"{UP}/logs/oracle.log",
     conda:
         ENV
     shell:

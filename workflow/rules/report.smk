@@ -1,10 +1,10 @@
 rule validation_report:
     input:
-        models=[f"{OUT}/models/oracle"]
-        + expand(f"{OUT}/models/rm{{member}}", member=MEMBERS)
+        models=[f"{UP}/models/oracle"]
+        + expand(f"{UP}/models/rm{{member}}", member=MEMBERS)
         + expand(f"{OUT}/models/{{policy}}", policy=POLICIES[1:]),
     output:
-        table=f"{OUT}/validation.csv",
+        table=report(f"{OUT}/validation.csv", caption="../report/validation.rst", category="Tables", labels={"run": OUT, "table": "validation"}),
         provenance=f"{OUT}/validation.provenance.json",
     params:
         expect=expected_lineage,

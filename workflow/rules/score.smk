@@ -1,8 +1,8 @@
 rule score_policy:
     input:
         generations=f"{OUT}/generations/{{policy}}.parquet",
-        prompts=f"{OUT}/data/eval_prompts.parquet",
-        oracle=f"{OUT}/models/oracle",
+        prompts=f"{UP}/data/eval_prompts.parquet",
+        oracle=f"{UP}/models/oracle",
     output:
         f"{OUT}/scores/{{policy}}.parquet",
     params:
@@ -27,10 +27,10 @@ rule score_policy:
 
 rule score_reference:
     input:
-        prompts=f"{OUT}/data/eval_prompts.parquet",
-        oracle=f"{OUT}/models/oracle",
+        prompts=f"{UP}/data/eval_prompts.parquet",
+        oracle=f"{UP}/models/oracle",
     output:
-        f"{OUT}/scores/reference.parquet",
+        f"{UP}/scores/reference.parquet",
     params:
         cfg=SCORE_PARAMS,
         lineage=lineage_scores("reference"),
@@ -40,7 +40,7 @@ rule score_reference:
         mem_mb=res("score_reference", "mem_mb"),
         runtime=res("score_reference", "runtime"),
     log:
-        f"{OUT}/logs/score_reference.log",
+        f"{UP}/logs/score_reference.log",
     conda:
         ENV
     shell:

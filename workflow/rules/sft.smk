@@ -1,20 +1,20 @@
 rule sft:
     input:
-        base=f"{OUT}/models/base",
-        data=f"{OUT}/data/sft.parquet",
+        base=f"{UP}/models/base",
+        data=f"{UP}/data/sft.parquet",
     output:
-        directory(f"{OUT}/models/sft"),
+        directory(f"{UP}/models/sft"),
     params:
         cfg=as_json(train_params("sft")),
         lineage=lineage_sft(),
-        resume=f"{RESUME}/sft",
+        resume=f"{RESUME_UP}/sft",
     threads: config["threads"]["sft"]
     resources:
         gpu=res("sft", "gpu"),
         mem_mb=res("sft", "mem_mb"),
         runtime=res("sft", "runtime"),
     log:
-        f"{OUT}/logs/sft.log",
+        f"{UP}/logs/sft.log",
     conda:
         ENV
     shell:

@@ -1,17 +1,17 @@
 rule split:
     input:
-        pairs=f"{OUT}/data/pairs.parquet",
-        base=f"{OUT}/models/base",
+        pairs=f"{UP}/data/pairs.parquet",
+        base=f"{UP}/models/base",
     output:
-        splits=expand(f"{OUT}/data/splits/{{split}}.parquet", split=["all", "hc_he", "lc_le"]),
-        table5=f"{OUT}/data/table5.csv",
-        table5_provenance=f"{OUT}/data/table5.provenance.json",
+        splits=expand(f"{UP}/data/splits/{{split}}.parquet", split=["all", "hc_he", "lc_le"]),
+        table5=report(f"{UP}/data/table5.csv", caption="../report/table5.rst", category="Tables", labels={"run": UP, "table": "Table 5"}),
+        table5_provenance=f"{UP}/data/table5.provenance.json",
     params:
         cfg=SPLIT_PARAMS,
         lineage=lineage_split(),
         out_dir=lambda wildcards, output: os.path.dirname(output.splits[0]),
     log:
-        f"{OUT}/logs/split.log",
+        f"{UP}/logs/split.log",
     conda:
         ENV
     shell:

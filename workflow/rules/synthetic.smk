@@ -1,17 +1,17 @@
 rule synthetic_world:
     output:
-        comparisons=f"{OUT}/raw/comparisons.jsonl",
-        sft_train=f"{OUT}/raw/sft_train.jsonl",
-        sft_valid=f"{OUT}/raw/sft_valid.jsonl",
-        sft_test=f"{OUT}/raw/sft_test.jsonl",
-        news=f"{OUT}/raw/news_test.jsonl",
-        provenance=f"{OUT}/raw/provenance.json",
+        comparisons=f"{UP}/raw/comparisons.jsonl",
+        sft_train=f"{UP}/raw/sft_train.jsonl",
+        sft_valid=f"{UP}/raw/sft_valid.jsonl",
+        sft_test=f"{UP}/raw/sft_test.jsonl",
+        news=f"{UP}/raw/news_test.jsonl",
+        provenance=f"{UP}/raw/provenance.json",
     params:
         cfg=as_json(config["synthetic"]),
         lineage=lineage_raw(),
         out_dir=lambda wildcards, output: os.path.dirname(output.comparisons),
     log:
-        f"{OUT}/logs/synthetic_world.log",
+        f"{UP}/logs/synthetic_world.log",
     conda:
         ENV
     shell:

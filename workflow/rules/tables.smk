@@ -5,9 +5,9 @@
 rule oracle_table:
     input:
         pairs=TABLE_PAIRS,
-        oracle=f"{OUT}/models/oracle",
+        oracle=f"{UP}/models/oracle",
     output:
-        f"{OUT}/tables/oracle_rewards.parquet",
+        f"{UP}/tables/oracle_rewards.parquet",
     params:
         cfg=TABLE_PARAMS,
         lineage=lineage_table("oracle_rewards"),
@@ -17,7 +17,7 @@ rule oracle_table:
         mem_mb=res("oracle_table", "mem_mb"),
         runtime=res("oracle_table", "runtime"),
     log:
-        f"{OUT}/logs/oracle_table.log",
+        f"{UP}/logs/oracle_table.log",
     conda:
         ENV
     shell:
@@ -28,9 +28,9 @@ rule oracle_table:
 rule ensemble_table:
     input:
         pairs=TABLE_PAIRS,
-        members=expand(f"{OUT}/models/rm{{member}}", member=MEMBERS),
+        members=expand(f"{UP}/models/rm{{member}}", member=MEMBERS),
     output:
-        f"{OUT}/tables/ensemble_rewards.parquet",
+        f"{UP}/tables/ensemble_rewards.parquet",
     params:
         cfg=TABLE_PARAMS,
         lineage=lineage_table("ensemble_rewards"),
@@ -41,7 +41,7 @@ rule ensemble_table:
         mem_mb=res("ensemble_table", "mem_mb"),
         runtime=res("ensemble_table", "runtime"),
     log:
-        f"{OUT}/logs/ensemble_table.log",
+        f"{UP}/logs/ensemble_table.log",
     conda:
         ENV
     shell:
@@ -53,12 +53,12 @@ rule gold_table:
     input:
         pairs=TABLE_PAIRS,
     output:
-        f"{OUT}/tables/gold_rewards.parquet",
+        f"{UP}/tables/gold_rewards.parquet",
     params:
         cfg=as_json({"gold": GOLD}),
         lineage=lineage_table("gold_rewards"),
     log:
-        f"{OUT}/logs/gold_table.log",
+        f"{UP}/logs/gold_table.log",
     conda:
         ENV
     shell:
@@ -69,9 +69,9 @@ rule gold_table:
 rule reference_table:
     input:
         pairs=TABLE_PAIRS,
-        sft=f"{OUT}/models/sft",
+        sft=f"{UP}/models/sft",
     output:
-        f"{OUT}/tables/reference_logps.parquet",
+        f"{UP}/tables/reference_logps.parquet",
     params:
         cfg=TABLE_PARAMS,
         lineage=lineage_table("reference_logps"),
@@ -81,7 +81,7 @@ rule reference_table:
         mem_mb=res("reference_table", "mem_mb"),
         runtime=res("reference_table", "runtime"),
     log:
-        f"{OUT}/logs/reference_table.log",
+        f"{UP}/logs/reference_table.log",
     conda:
         ENV
     shell:

@@ -1,9 +1,9 @@
 rule winrates:
     input:
-        scores=expand(f"{OUT}/scores/{{policy}}.parquet", policy=POLICIES + ["reference"]),
+        scores=[f"{run_dir(p)}/scores/{p}.parquet" for p in POLICIES + ["reference"]],
         **({"judge": JUDGE_VERDICTS} if JUDGE_ON else {}),
     output:
-        table=f"{OUT}/winrates.csv",
+        table=report(f"{OUT}/winrates.csv", caption="../report/winrates.rst", category="Win-rates", labels={"run": OUT, "scorer": "table"}),
         provenance=f"{OUT}/winrates.provenance.json",
     params:
         cfg=as_json({**config["winrates"], "splits": SPLITS, "methods": METHODS}),

@@ -6,7 +6,7 @@ JUDGE_VERDICTS = f"{OUT}/judge/verdicts.parquet"
 
 def judge_template(path):
     """Template paths are relative to the repository root (like the embedded config)."""
-    return path if os.path.isabs(path) else os.path.join(workflow.basedir, path)
+    return path if os.path.isabs(path) else os.path.join(REPO, path)
 
 
 def judge_policies():

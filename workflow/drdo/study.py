@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from . import io
-from .winrates import comparisons
+from .winrates import comparisons, outcomes, policy_rows
 
 log = logging.getLogger("drdo.study")
 
@@ -34,10 +34,6 @@ RUN_COLUMNS = ["variant", "world_seed", "train_seed", "split", "eval_set", "temp
                "policy_a", "policy_b", "n_prompts", "value"]
 
 
-def outcomes(diff: np.ndarray, tie_tol: float = 1e-9) -> np.ndarray:
-    return np.where(np.abs(diff) <= tie_tol, 0.5, (diff > 0).astype(float))
-
-
 def run_outcomes(scores: pd.DataFrame, methods: list[str], splits: list[str], scorers: list[str]) -> pd.DataFrame:
     """Per-prompt outcomes of one run: split, policy_a, policy_b, eval_set, temperature,
     prompt_id, and one column per scorer plus ``disagreement`` (when both scorers are there)."""
@@ -45,7 +41,7 @@ def run_outcomes(scores: pd.DataFrame, methods: list[str], splits: list[str], sc
     frames = []
     for split in splits:
         for a, b in comparisons(methods):
-            left, right = _rows(scores, a, split, scorers), _rows(scores, b, split, scorers)
+            left, right = policy_rows(scores, a, split, scorers), policy_rows(scores, b, split, scorers)
             on = key if a == "reference" else key + ["temperature"]
             m = left.merge(right, on=on, suffixes=("_a", "_b"), validate="one_to_many" if a == "reference" else "one_to_one")
             if m.empty or len(m) != len(right):
@@ -57,13 +53,6 @@ def run_outcomes(scores: pd.DataFrame, methods: list[str], splits: list[str], sc
                 out["disagreement"] = np.abs(out["oracle"] - out["gold"])
             frames.append(out)
     return pd.concat(frames, ignore_index=True)
-
-
-def _rows(scores: pd.DataFrame, policy: str, split: str, scorers: list[str]) -> pd.DataFrame:
-    shared = policy in ("sft", "reference")
-    sel = scores[(scores["policy"] == policy) & (scores["split"] == ("-" if shared else split))]
-    cols = ["eval_set", "prompt_id", *scorers]
-    return sel[cols] if policy == "reference" else sel[cols + ["temperature"]]
 
 
 def two_level_interval(runs: list[np.ndarray], n_boot: int, rng: np.random.Generator) -> tuple[float, float]:

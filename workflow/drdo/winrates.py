@@ -23,8 +23,12 @@ def comparisons(methods: list[str]) -> list[tuple[str, str]]:
 def head_to_head(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int, tie_tol: float = 1e-9) -> dict:
     """Prompts where either side has no score (NaN: too long to score) are left out of n."""
     diff = a - b
-    diff = diff[~np.isnan(diff)]
-    return outcome_stats(np.where(np.abs(diff) <= tie_tol, 0.5, (diff > 0).astype(float)), n_boot, seed)
+    return outcome_stats(outcomes(diff[~np.isnan(diff)], tie_tol), n_boot, seed)
+
+
+def outcomes(diff: np.ndarray, tie_tol: float = 1e-9) -> np.ndarray:
+    """Per-prompt outcome for A from score differences A - B: 1 win, 0.5 tie, 0 loss."""
+    return np.where(np.abs(diff) <= tie_tol, 0.5, (diff > 0).astype(float))
 
 
 def outcome_stats(outcome: np.ndarray, n_boot: int, seed: int) -> dict:
@@ -48,7 +52,7 @@ def winrate_table(scores: pd.DataFrame, splits: list[str], methods: list[str], s
     key = ["eval_set", "prompt_id"]
     for split in splits:
         for a, b in comparisons(methods):
-            left, right = _rows(scores, a, split, scorers), _rows(scores, b, split, scorers)
+            left, right = policy_rows(scores, a, split, scorers), policy_rows(scores, b, split, scorers)
             on = key if a == "reference" else key + ["temperature"]
             merged = left.merge(right, on=on, suffixes=("_a", "_b"),
                                 validate="one_to_many" if a == "reference" else "one_to_one")
@@ -66,7 +70,8 @@ def winrate_table(scores: pd.DataFrame, splits: list[str], methods: list[str], s
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def _rows(scores: pd.DataFrame, policy: str, split: str, scorers: list[str]) -> pd.DataFrame:
+def policy_rows(scores: pd.DataFrame, policy: str, split: str, scorers: list[str]) -> pd.DataFrame:
+    """A policy's scores on one split (SFT and the reference are split-independent: ``-``)."""
     shared = policy in ("sft", "reference")
     sel = scores[(scores["policy"] == policy) & (scores["split"] == ("-" if shared else split))]
     cols = ["eval_set", "prompt_id", *scorers]

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from test_workflow import OUT, REPO, snakemake

@@ -1,6 +1,5 @@
 """Studies (workflow/study.smk, drdo.study) and the report's figures (drdo.plots, rule `figures`)."""
 
-import json
 import os
 import subprocess
 import sys

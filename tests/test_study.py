@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from drdo import io, study
+from drdo import io, study, winrates
 
 REPO = Path(__file__).resolve().parents[1]
 STUDY = REPO / "tests" / "configs" / "study-e2e.yaml"
@@ -40,6 +40,32 @@ def test_run_outcomes_count_ties_half_and_disagreement():
     assert set(zip(o["policy_a"], o["policy_b"])) == {("drdo", "dpo"), ("drdo", "sft"), ("dpo", "sft"),
                                                       ("reference", "drdo"), ("reference", "dpo")}
 
+
+
+def test_unscorable_prompts_are_left_out_as_winrates_does(tmp_path):
+    """A response too long to score (NaN) drops the prompt from that scorer's measures only."""
+    nan = float("nan")
+    files = {}
+    for name, df in {"sft": _scores("sft", "-", [0] * 4, [0] * 4),
+                     "reference": _scores("reference", "-", [9] * 4, [9] * 4),
+                     "drdo-all": _scores("drdo", "all", [1, nan, 1, -1], [1, 1, 1, -1]),
+                     "dpo-all": _scores("dpo", "all", [0] * 4, [0] * 4)}.items():
+        files[name] = str(tmp_path / f"{name}.parquet")
+        io.write_parquet(df, files[name], {"stage": "test"})
+    runs = [{"variant": "default", "levels": {}, "world_seed": 0, "train_seed": 0, "world": "s0", "scores": files}]
+    params = {"name": "t", "factors": {"gamma": {"key": "align.drdo.gamma", "default": 2.0}}, "splits": ["all"],
+              "methods": ["drdo", "dpo"],
+              "scorers": ["oracle", "gold"], "n_boot": 50, "seed": 0}
+    _, per_run = study.aggregate(runs, params)
+    sel = per_run[(per_run["policy_a"] == "drdo") & (per_run["policy_b"] == "dpo")].set_index("measure")
+    by_scorer = sel[sel.index == "win_rate"].set_index("scorer")
+    assert by_scorer.loc["oracle", "n_prompts"] == 3 and by_scorer.loc["oracle", "value"] == 2 / 3
+    assert by_scorer.loc["gold", "n_prompts"] == 4 and by_scorer.loc["gold", "value"] == 0.75
+    assert sel.loc["disagreement", "n_prompts"] == 3
+    scores = pd.concat([io.read_parquet(f) for f in files.values()], ignore_index=True)
+    wr = winrates.winrate_table(scores, ["all"], ["drdo", "dpo"], ["oracle", "gold"], 50, 0)
+    row = wr[(wr["policy_a"] == "drdo") & (wr["policy_b"] == "dpo") & (wr["scorer"] == "oracle")].iloc[0]
+    assert row["n"] == 3 and row["win_rate"] == 2 / 3  # the same rule as winrates.csv
 
 def test_two_level_interval_widens_with_seed_variance():
     rng = np.random.default_rng(0)

@@ -3,7 +3,8 @@
 A run is one world seed x one training seed x one variant. Per run and prompt, the outcome of
 A vs B is 1 / 0.5 / 0 (win / tie / loss) by each scorer, as in ``drdo.winrates``; the
 Oracle-vs-gold disagreement of a prompt is |outcome by Oracle - outcome by gold| (1 when they
-pick different winners, 0.5 when one of them calls a tie). A run's value is the mean over its
+pick different winners, 0.5 when one of them calls a tie). A prompt a scorer could not score
+(NaN: too long) is left out of that scorer's measures, as ``winrates`` does. A run's value is the mean over its
 prompts; a variant's value is the mean over its runs (seeds), and its 95% interval is a
 two-level percentile bootstrap: resample the runs, then the prompts within each resampled run,
 so the interval holds both the training variance across seeds and the prompt sampling.
@@ -90,9 +91,13 @@ def aggregate(runs: list[dict], params: dict) -> tuple[pd.DataFrame, pd.DataFram
     for gkey, g in allp.groupby(group, sort=True, dropna=False):
         g_runs = [r for _, r in g.groupby(run_key, sort=True)]
         for col, measure, scorer in measures:
-            values = [r[col].to_numpy() for r in g_runs]
+            values = [r[col].dropna().to_numpy() for r in g_runs]
+            keys = [k for (k, _), v in zip(g.groupby(run_key, sort=True), values) if len(v)]
+            values = [v for v in values if len(v)]  # a run with no scorable prompt has no value
+            if not values:
+                continue
             run_means = np.array([v.mean() for v in values])
-            for (ws, ts), v in zip([k for k, _ in g.groupby(run_key, sort=True)], values):
+            for (ws, ts), v in zip(keys, values):
                 run_rows.append({**dict(zip(group, gkey)), "world_seed": ws, "train_seed": ts, "measure": measure,
                                  "scorer": scorer, "n_prompts": len(v), "value": v.mean()})
             lo, hi = two_level_interval(values, params["n_boot"], rng)

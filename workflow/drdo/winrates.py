@@ -27,8 +27,9 @@ def head_to_head(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int, tie_tol: 
 
 
 def outcomes(diff: np.ndarray, tie_tol: float = 1e-9) -> np.ndarray:
-    """Per-prompt outcome for A from score differences A - B: 1 win, 0.5 tie, 0 loss."""
-    return np.where(np.abs(diff) <= tie_tol, 0.5, (diff > 0).astype(float))
+    """Per-prompt outcome for A from score differences A - B: 1 win, 0.5 tie, 0 loss; NaN where
+    either side has no score (too long to score), so callers can leave the prompt out."""
+    return np.where(np.isnan(diff), np.nan, np.where(np.abs(diff) <= tie_tol, 0.5, (diff > 0).astype(float)))
 
 
 def outcome_stats(outcome: np.ndarray, n_boot: int, seed: int) -> dict:

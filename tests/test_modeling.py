@@ -4,6 +4,7 @@ Everything is built offline: a byte-level BPE tokenizer trained on a few sentenc
 tiny Llama initialised from a config (never a hub download).
 """
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -275,6 +276,30 @@ def test_score_batched_equals_one_by_one(tok, head_model):
         assert batched["ntok"][i] == len(_ids(tok, " " + r)) + 1
     assert (batched["logp"] < 0).all()
 
+
+
+def test_score_pairs_equals_scoring_each_side_alone(tok, head_model, monkeypatch):
+    """The tables score each pair with its prompt computed once: same values as per side,
+    a pair with one unscorable side is NaN on both, and fewer tokens go through the model."""
+    from drdo import packing
+    from drdo.scoring import score, score_pairs
+
+    prompts = [PROMPT, "the cat", "POST: my keys\nTL;DR:", "a"]
+    chosen = [SUMMARY, "sat on the mat", "keys in car", "b c d e f g " * 20]
+    rejected = ["Cat.", "sat", "keys in car!", "b"]
+    widths = []
+    real_pack = packing.pack
+    monkeypatch.setattr("drdo.scoring.pack", lambda *a, **k: widths.append(real_pack(*a, **k).group.ge(0).sum()) or real_pack(*a, **k))
+    w, lo = score_pairs(head_model, tok, prompts, chosen, rejected, max_length=64, batch_size=4)
+    paired_tokens = sum(int(x) for x in widths)
+    widths.clear()
+    for side, out in (("chosen", w), ("rejected", lo)):
+        alone = score(head_model, tok, prompts[:3], {"chosen": chosen, "rejected": rejected}[side][:3], max_length=64)
+        np.testing.assert_allclose(out["reward"][:3], alone["reward"], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(out["logp"][:3], alone["logp"], rtol=1e-4, atol=1e-4)
+        np.testing.assert_array_equal(out["ntok"][:3], alone["ntok"])
+        assert np.isnan(out["reward"][3]) and np.isnan(out["logp"][3]) and out["n_too_long"] == 1
+    assert paired_tokens < sum(int(x) for x in widths)  # each prompt once, not twice
 
 def test_build_base_takes_a_local_model_directory(tok, tmp_path):
     from drdo.base_model import build_base

@@ -24,7 +24,7 @@ from .batching import TooLong, encode
 from .data import loaders, splits
 from .generation import generate
 from .modeling import LMWithRewardHead, for_inference, load_causal_lm, load_tokenizer
-from .scoring import score
+from .scoring import score, score_pairs
 from .trainer import Example, TrainConfig, evaluate, make_accelerator, train
 from .winrates import judge_table, winrate_table
 
@@ -217,13 +217,13 @@ def cmd_table(a) -> None:
         inputs[prefix] = path
         model = LMWithRewardHead.from_pretrained(path) if a.value == "reward" else load_causal_lm(path, dropout=False)
         model, tokenizer = for_inference(model, a.params.get("dtype", "float32")), load_tokenizer(path)
-        for side in ("chosen", "rejected"):
-            out = score(model, tokenizer, pairs["prompt"].tolist(), pairs[side].tolist(),
-                        a.params["max_length"], a.params["batch_size"], documents=pairs["document"].tolist(),
-                        logps=a.value == "logp", **_score_lengths(a.params))
-            if out["n_too_long"]:  # the split stage's filter uses the same encode(): never expected
-                raise ValueError(f"{out['n_too_long']} pairs of {a.pairs} do not fit max_length="
-                                 f"{a.params['max_length']}; rebuild the splits with the same lengths")
+        sides = score_pairs(model, tokenizer, pairs["prompt"].tolist(), pairs["chosen"].tolist(),
+                            pairs["rejected"].tolist(), a.params["max_length"], a.params["batch_size"],
+                            documents=pairs["document"].tolist(), logps=a.value == "logp", **_score_lengths(a.params))
+        if sides[0]["n_too_long"]:  # the split stage's filter uses the same encode(): never expected
+            raise ValueError(f"{sides[0]['n_too_long']} pairs of {a.pairs} do not fit max_length="
+                             f"{a.params['max_length']}; rebuild the splits with the same lengths")
+        for side, out in zip(("chosen", "rejected"), sides):
             table[f"{prefix}_{side}"] = out[a.value]
         log.info("%s: mean chosen %.4f, mean rejected %.4f", prefix, table[f"{prefix}_chosen"].mean(),
                  table[f"{prefix}_rejected"].mean())

@@ -50,10 +50,12 @@ def _peak_mb() -> float:
 
 
 # ------------------------------------------------------------------------------------------ setup
-def prepare(model: str, work: Path, n_pairs: int, max_length: int, long_prompts: int = 0) -> None:
-    """Write ``work``/model (a Hugging Face directory) and ``work``/data.json (encoded pairs with
-    reference log-probs of the initial model). ``long_prompts`` > 0: each prompt is preceded by
-    other posts until it has about that many tokens (real TL;DR posts are longer than these)."""
+def prepare(model: str, work: Path, n_pairs: int, max_length: int, long_prompts: int = 0,
+            dtype: str = "float32") -> None:
+    """Write ``work``/model (a Hugging Face directory) and ``work``/data-<dtype>.json (encoded pairs
+    with reference log-probs of the initial model, computed in ``dtype``). ``long_prompts`` > 0:
+    each prompt is preceded by other posts until it has about that many tokens (real TL;DR posts
+    are longer than these)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -90,7 +92,7 @@ def prepare(model: str, work: Path, n_pairs: int, max_length: int, long_prompts:
             raise ValueError(f"unknown model {model!r}")
         lm.save_pretrained(work / "model")
         tok.save_pretrained(work / "model")
-    tok, lm = load_tokenizer(work / "model"), load_causal_lm(work / "model").eval()
+    tok, lm = load_tokenizer(work / "model"), load_causal_lm(work / "model", dtype).eval()
     if long_prompts:
         posts = list(dict.fromkeys(pairs["prompt"]))
         n_tok = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731
@@ -119,7 +121,11 @@ def prepare(model: str, work: Path, n_pairs: int, max_length: int, long_prompts:
                 assert rej.loss_mask.index(1) == n and w.input_ids[:n] == rej.input_ids[:n]
                 data.append({"prompt_ids": w.input_ids[:n], "chosen_ids": w.input_ids[n:],
                              "rejected_ids": rej.input_ids[n:], "ref_chosen_logps": lw, "ref_rejected_logps": ll})
-    (work / "data.json").write_text(json.dumps({"pad_id": tok.pad_token_id, "pairs": data}))
+    data_file(work, dtype).write_text(json.dumps({"pad_id": tok.pad_token_id, "pairs": data}))
+
+
+def data_file(work: Path, dtype: str) -> Path:
+    return work / f"data-{dtype}.json"
 
 
 def pd_unique(xs):
@@ -136,7 +142,7 @@ def _run_drdo(work: Path, data: dict, args, objective_name: str) -> tuple[list[f
     from drdo.modeling import LMWithRewardHead, load_causal_lm
     from drdo.trainer import Example, TrainConfig, train
 
-    model = load_causal_lm(work / "model")
+    model = load_causal_lm(work / "model", args.dtype)
     rng = np.random.default_rng(0)
     examples = []
     for d in data["pairs"]:
@@ -203,7 +209,7 @@ def _run_trl(work: Path, data: dict, args) -> tuple[list[float], list[float]]:
                         dataloader_num_workers=0, disable_tqdm=True, optim="adamw_torch",
                         bf16=False)  # TRL's default is bf16; fp32 like ours
         torch.manual_seed(0)
-        trainer = SameData(model=load_causal_lm(work / "model"), args=cfg, train_dataset=ds,
+        trainer = SameData(model=load_causal_lm(work / "model", args.dtype), args=cfg, train_dataset=ds,
                            processing_class=load_tokenizer(work / "model"), callbacks=[Stamp()])
         trainer.train()
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
@@ -214,8 +220,10 @@ def worker(args) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.dtype == "float64":  # the reference log-probs too (both trainers' collators build default-dtype tensors)
+        torch.set_default_dtype(torch.float64)
     work = Path(args.work)
-    data = json.loads((work / "data.json").read_text())
+    data = json.loads(data_file(work, args.dtype).read_text())
     rss0 = _rss_mb()
     if args.runner == "trl":
         losses, stamps = _run_trl(work, data, args)
@@ -247,6 +255,8 @@ def main() -> None:
     ap.add_argument("--long-prompts", type=int, default=0, help="prompt tokens to reach by prepending other posts")
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                    help="float64: the loss-equality check without fp32 rounding (both trainers, reference log-probs)")
     ap.add_argument("--runners", default="drdo,trl,drdo-drdo")
     ap.add_argument("--work", default=None, help="reuse a prepared folder")
     ap.add_argument("--runner", choices=RUNNERS, help=argparse.SUPPRESS)  # worker mode
@@ -254,8 +264,8 @@ def main() -> None:
     if args.runner:
         return worker(args)
     work = Path(args.work or tempfile.mkdtemp(prefix=f"dpo-vs-trl-{args.model}-"))
-    if not (work / "data.json").exists():
-        prepare(args.model, work, args.batch * args.steps, args.max_length, args.long_prompts)
+    if not data_file(work, args.dtype).exists():
+        prepare(args.model, work, args.batch * args.steps, args.max_length, args.long_prompts, args.dtype)
     if not args.repeats:
         return
     env = {**os.environ, "PYTHONPATH": f"{REPO / 'workflow'}:{os.environ.get('PYTHONPATH', '')}",
@@ -265,14 +275,16 @@ def main() -> None:
     for rep in range(args.repeats):
         for r in (runners if rep % 2 == 0 else runners[::-1]):  # interleaved, alternating order
             cmd = [sys.executable, __file__, "--runner", r, "--work", str(work), "--batch", str(args.batch),
-                   "--steps", str(args.steps), "--lr", str(args.lr), "--threads", str(args.threads)]
+                   "--steps", str(args.steps), "--lr", str(args.lr), "--threads", str(args.threads),
+                   "--dtype", args.dtype]
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if proc.returncode:
                 sys.exit(f"{r} failed:\n{proc.stderr[-4000:]}")
             res = json.loads(proc.stdout.strip().splitlines()[-1])
             results[r].append(res)
             print(json.dumps({"model": args.model, "repeat": rep, **res}), flush=True)
-    summary = {"model": args.model, "batch_pairs": args.batch, "steps": args.steps, "repeats": args.repeats,
+    summary = {"model": args.model, "dtype": args.dtype, "batch_pairs": args.batch, "steps": args.steps,
+               "repeats": args.repeats,
                "threads": args.threads}
     if "drdo" in results and "trl" in results:
         ours, trl = results["drdo"][0]["losses"], results["trl"][0]["losses"]

@@ -128,13 +128,18 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask * positions).argmax(dim=1)
 
 
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 logits up to fp32 for the log-softmax; fp64 stays fp64 (the precision checks)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def response_logps(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor):
     """Sum of the response tokens' log-probs and their count, per sequence.
 
     ``loss_mask`` marks response tokens; logits at position t predict token t+1, so both
     are shifted by one. Callers aggregate (sum, or mean = sum / count).
     """
-    logps = torch.gather(F.log_softmax(logits[:, :-1].float(), dim=-1), 2,
+    logps = torch.gather(F.log_softmax(at_least_fp32(logits[:, :-1]), dim=-1), 2,
                          input_ids[:, 1:, None]).squeeze(-1)
     mask = loss_mask[:, 1:].to(logps.dtype)
     return (logps * mask).sum(-1), mask.sum(-1).clamp(min=1)

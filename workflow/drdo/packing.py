@@ -34,6 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .batching import Encoded
+from .modeling import at_least_fp32
 
 SHARED, CHOSEN, REJECTED = 0, 1, 2
 FLASH = ("flash_attention_2", "flash_attention_3")  # varlen kernels: block-causal masks only
@@ -221,7 +222,7 @@ def target_logps(model, hidden: torch.Tensor, packed: Packed, chunk: int = 4096)
     parts = []
     for lo in range(0, packed.pred_index.shape[0], chunk):
         h = hidden[packed.pred_index[lo:lo + chunk]]
-        logits = head(h).float()
+        logits = at_least_fp32(head(h))
         if softcap:
             logits = torch.tanh(logits / softcap) * softcap
         tgt = packed.target[lo:lo + chunk, None]

@@ -111,7 +111,8 @@ def collate(examples: list[Example], pad_id: int, paired: bool, budget: int = 0,
     groups = [e.seqs[:2] if paired else e.seqs[:1] for e in examples]
     names = examples[0].values.keys()
     return {"packed": pack(groups, pad_id, budget, share_prefix),
-            "values": {k: torch.tensor([e.values[k] for e in examples], dtype=torch.float32) for k in names}}
+            # float32 unless a float64 run (bench/dpo_vs_trl.py --dtype float64) sets the default dtype
+            "values": {k: torch.tensor([e.values[k] for e in examples], dtype=torch.get_default_dtype()) for k in names}}
 
 
 def _to(batch: dict, device) -> dict:

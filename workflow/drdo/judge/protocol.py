@@ -39,6 +39,12 @@ def _side(scores: pd.DataFrame, policy: str, split: str, temperatures: list[floa
 
 def plan(scores: pd.DataFrame, prompts: pd.DataFrame, p: dict) -> pd.DataFrame:
     """One row per (split, comparison, temperature, eval set, sampled prompt) with both responses."""
+    if p.get("eval_sets"):  # e.g. only AlpacaEval (the paper's Table 3)
+        unknown = sorted(set(p["eval_sets"]) - set(prompts["eval_set"]))
+        if unknown:
+            raise ValueError(f"config key judge.eval_sets: {unknown} not among the eval sets "
+                             f"{sorted(set(prompts['eval_set']))}")
+        prompts = prompts[prompts["eval_set"].isin(p["eval_sets"])]
     sample = sample_prompts(prompts, p["n_prompts"], p["seed"])
     temps = [float(t) for t in p["temperatures"]]
     base = sample.merge(pd.DataFrame({"temperature": temps}), how="cross")

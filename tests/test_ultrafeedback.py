@@ -114,7 +114,7 @@ def test_judge_uses_the_instruction_prompt_on_alpaca_eval_only(tmp_path):
                          "split": split, "response": f"{policy} answers {r.prompt_id}.", "oracle": 0.0})
     rows += [{"eval_set": r.eval_set, "prompt_id": r.prompt_id, "temperature": np.nan, "policy": "reference",
               "split": "-", "response": r.reference, "oracle": 0.0} for r in prompts.itertuples()]
-    scores = pd.DataFrame(rows).assign(gold=np.nan)
+    scores = pd.DataFrame(rows)  # no gold column: real data
     templates = {k: load_template(REPO / v) for k, v in TEMPLATES.items()}
     p = {"n_prompts": 10, "seed": 0, "temperatures": [0.7], "splits": ["all"], "temperature": 0.0, "max_tokens": 8,
          "response_format": "text", "comparisons": [["drdo", "dpo"], ["reference", "drdo"]],

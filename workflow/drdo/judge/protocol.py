@@ -31,6 +31,8 @@ def sample_prompts(prompts: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
 
 def _side(scores: pd.DataFrame, policy: str, split: str, temperatures: list[float]) -> pd.DataFrame:
     rows = scores[(scores["policy"] == policy) & (scores["split"] == ("-" if policy in SHARED else split))]
+    if "gold" not in rows:  # real data has no gold reward (score files without the column)
+        rows = rows.assign(gold=np.nan)
     cols = ["eval_set", "prompt_id", "response", "gold", "oracle"]
     if policy == "reference":  # one per prompt, compared with the policy at every temperature
         return rows[cols].merge(pd.DataFrame({"temperature": temperatures}), how="cross")

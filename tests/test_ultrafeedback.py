@@ -199,7 +199,7 @@ def e2e(tmp_path_factory):
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(root / "wd"),
            "--cores", "2", "--configfile", str(REPO / "tests" / "configs" / "e2e.yaml"),
            str(REPO / "tests" / "configs" / "e2e-ultrafeedback.yaml"), str(root / "override.yaml"),
-           "--", f"{OUT}/winrates.csv", f"{OUT}/data/table5.csv"]
+           "--", f"{OUT}/winrates.csv", "figures"]  # figures: also validation.csv and table5.csv
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
         assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
@@ -241,5 +241,8 @@ def test_ultrafeedback_dag_end_to_end(e2e):
     # confidence splits from the rating margin exist (the paper config uses `all` only)
     t5 = pd.read_csv(out / "data" / "table5.csv")
     assert t5["split"].tolist() == ["all", "hc_he", "lc_le"] and (t5["n_train"] > 0).all()
+    validation = pd.read_csv(out / "validation.csv").set_index("model")
+    assert 0 <= validation.loc["oracle", "reward_acc"] <= 1 and validation.loc["oracle", "train_examples"] > 0
+    assert (out / "figures" / "forest_oracle.png").stat().st_size > 0
     scores = io.read_parquet(out / "scores" / "drdo-all.parquet")
     assert "gold" not in scores.columns and set(scores["eval_set"]) == {"ultrafeedback", "alpaca_eval"}

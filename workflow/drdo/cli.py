@@ -78,8 +78,8 @@ def _normalise_ultrafeedback(src: dict, p: dict):
     parts = rows["split"].value_counts().to_dict()
     log.info("preferences: kept %d pairs (%s by prompt); dropped %s", len(rows), parts, drops)
     pairs = rows[rows["split"] != "test"].reset_index(drop=True)
-    train = pairs[pairs["split"] == "train"]
-    sft = train[["prompt", "chosen", "document"]].rename(columns={"chosen": "response"})
+    train_rows = pairs[pairs["split"] == "train"]  # (not `train`: codedeps would read the trainer's name)
+    sft = train_rows[["prompt", "chosen", "document"]].rename(columns={"chosen": "response"})
     sft = sft.drop_duplicates(["prompt", "response"]).reset_index(drop=True)
     alpaca, alpaca_drops = loaders.load_alpaca_eval(src["alpaca_eval"])
     heldout = loaders.heldout_prompts(rows)

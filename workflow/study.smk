@@ -23,7 +23,7 @@ localrules:
 rule study_all:
     input:
         f"{ROOT}/study.csv",
-        expand(f"{ROOT}/figures/study_{{scorer}}.png", scorer=["gold", "oracle", "disagreement"]),
+        expand(f"{ROOT}/figures/study_{{scorer}}.png", scorer=STUDY_FIGURES),
         RUN_REPORT,
     default_target: True
 

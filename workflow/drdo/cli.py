@@ -32,7 +32,8 @@ log = logging.getLogger("drdo")
 
 
 # --------------------------------------------------------------------------- data
-RAW_SOURCES = ("comparisons", "sft_train", "sft_test", "news")
+RAW_SOURCES = ("comparisons", "sft_train", "sft_test", "news", "preferences", "alpaca_eval")
+TASK_SOURCES = {"tldr": RAW_SOURCES[:4], "ultrafeedback": RAW_SOURCES[4:]}
 
 
 def _raw_source(a, name: str):
@@ -48,16 +49,20 @@ def _raw_source(a, name: str):
 
 def cmd_normalise(a) -> None:
     p = a.params
-    src = {name: _raw_source(a, name) for name in RAW_SOURCES}
-    pairs, drops = loaders.load_comparisons(src["comparisons"])
-    log.info("comparisons: kept %d pairs; dropped %s", len(pairs), drops)
-    sft, sft_drops = loaders.load_sft(src["sft_train"])
-    log.info("sft: kept %d rows; dropped %s", len(sft), sft_drops)
-    sft_test, test_drops = loaders.load_sft(src["sft_test"])
-    news, news_drops = loaders.load_news(src["news"])
-    log.info("eval sources: tldr %d (dropped %s), news %d (dropped %s)", len(sft_test), test_drops,
-             len(news), news_drops)
-    evals = loaders.eval_prompts(sft_test, news, p["n_tldr"], p["n_news"], p["seed"])
+    task = p.get("task", "tldr")
+    src = {name: _raw_source(a, name) for name in TASK_SOURCES[task]}
+    if task == "ultrafeedback":
+        pairs, sft, evals, drops, sft_drops = _normalise_ultrafeedback(src, p)
+    else:
+        pairs, drops = loaders.load_comparisons(src["comparisons"])
+        log.info("comparisons: kept %d pairs; dropped %s", len(pairs), drops)
+        sft, sft_drops = loaders.load_sft(src["sft_train"])
+        log.info("sft: kept %d rows; dropped %s", len(sft), sft_drops)
+        sft_test, test_drops = loaders.load_sft(src["sft_test"])
+        news, news_drops = loaders.load_news(src["news"])
+        log.info("eval sources: tldr %d (dropped %s), news %d (dropped %s)", len(sft_test), test_drops,
+                 len(news), news_drops)
+        evals = loaders.eval_prompts(sft_test, news, p["n_tldr"], p["n_news"], p["seed"])
     inputs = {k: v for k, v in src.items() if not isinstance(v, dict)}  # hub specs are in params
     prov = io.provenance("normalise", p, inputs)
     io.write_parquet(pairs, a.out_pairs, {**prov, "drops": drops})
@@ -65,10 +70,35 @@ def cmd_normalise(a) -> None:
     io.write_parquet(evals, a.out_eval, prov)
 
 
+def _normalise_ultrafeedback(src: dict, p: dict):
+    """UltraFeedback pairs carved by prompt into train / validation / held-out test prompts;
+    SFT on the chosen responses of the train prompts (the paper's SFT data); eval sets
+    ``ultrafeedback`` (held-out prompts, reference: the chosen response) and ``alpaca_eval``."""
+    rows, drops = loaders.load_preferences(src["preferences"], p["holdout"])
+    parts = rows["split"].value_counts().to_dict()
+    log.info("preferences: kept %d pairs (%s by prompt); dropped %s", len(rows), parts, drops)
+    pairs = rows[rows["split"] != "test"].reset_index(drop=True)
+    train_rows = pairs[pairs["split"] == "train"]  # (not `train`: codedeps would read the trainer's name)
+    sft = train_rows[["prompt", "chosen", "document"]].rename(columns={"chosen": "response"})
+    sft = sft.drop_duplicates(["prompt", "response"]).reset_index(drop=True)
+    alpaca, alpaca_drops = loaders.load_alpaca_eval(src["alpaca_eval"])
+    heldout = loaders.heldout_prompts(rows)
+    if heldout.empty:
+        raise ValueError("no held-out UltraFeedback prompts: raise data.holdout.test")
+    log.info("eval sources: ultrafeedback %d held-out prompts, alpaca_eval %d (dropped %s)", len(heldout),
+             len(alpaca), alpaca_drops)
+    evals = pd.concat([loaders.sample_eval_set(heldout, "ultrafeedback", p["n_ultrafeedback"], p["seed"]),
+                       loaders.sample_eval_set(alpaca, "alpaca_eval", p["n_alpaca_eval"], p["seed"])],
+                      ignore_index=True)
+    return pairs, sft, evals, drops, {}
+
+
 def cmd_base(a) -> None:
     pairs, sft = io.read_parquet(a.pairs), io.read_parquet(a.sft)
     texts = pd.concat([sft["prompt"], sft["response"], pairs["prompt"], pairs["chosen"], pairs["rejected"]])
     model, tokenizer = build_base(a.params, texts.drop_duplicates().tolist())
+    if isinstance(a.params.get("chat_template"), str):  # a template file's content (model.chat_template)
+        tokenizer.chat_template = a.params["chat_template"]  # saved with every checkpoint after this one
     log.info("base model: %s, %.2fM parameters, vocabulary %d", a.params["name_or_path"],
              sum(p.numel() for p in model.parameters()) / 1e6, len(tokenizer))
     _save_checkpoint(model, tokenizer, a.out, io.provenance("base", a.params, {"pairs": a.pairs, "sft": a.sft}))
@@ -84,11 +114,18 @@ def cmd_split(a) -> None:
     pairs = io.read_parquet(a.pairs)
     tokenizer = load_tokenizer(a.base)
 
-    def length(prompt: str, response: str, document: str) -> int:  # exactly the training tokens
-        return len(encode(tokenizer, prompt, response, None, document=document, **_lengths(p)).input_ids)
+    def length(tok):
+        def n_tokens(prompt: str, response: str, document: str) -> int:  # exactly the training tokens
+            return len(encode(tok, prompt, response, None, document=document, **_lengths(p)).input_ids)
+        return n_tokens
 
-    pairs, n_long = splits.filter_length(pairs, length, p["max_length"])
+    pairs, n_long = splits.filter_length(pairs, length(tokenizer), p["max_length"])
     log.info("dropped %d pairs longer than max_length=%d tokens; %d remain", n_long, p["max_length"], len(pairs))
+    if a.oracle_base:  # an Oracle on another base model (oracle.base) trains and scores with its own tokens
+        pairs, n_oracle = splits.filter_length(pairs, length(load_tokenizer(a.oracle_base)), p["max_length"])
+        log.info("dropped %d more pairs longer than max_length for the Oracle's tokenizer (%s); %d remain",
+                 n_oracle, a.oracle_base, len(pairs))
+        n_long += n_oracle
     tokenize = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
     pairs["edit_distance"] = splits.pair_edit_distances(pairs, tokenize, p["edit_distance"])
     parts, thresholds = splits.assign_splits(pairs, p["quantile"])
@@ -96,7 +133,8 @@ def cmd_split(a) -> None:
         parts = splits.cap_validation(parts, p["max_validation"], p.get("seed", 0))
     log.info("thresholds: %s; validation pairs per split: %s", thresholds,
              {k: int((v["split"] == "validation").sum()) for k, v in parts.items()})
-    prov = io.provenance("split", p, {"pairs": a.pairs, "base": a.base})
+    prov = io.provenance("split", p, {"pairs": a.pairs, "base": a.base,
+                                      **({"oracle_base": a.oracle_base} if a.oracle_base else {})})
     for name, df in parts.items():
         io.write_parquet(df, Path(a.out_dir) / f"{name}.parquet", {**prov, "thresholds": thresholds,
                                                                   "dropped_too_long": n_long})
@@ -342,7 +380,8 @@ def _parser() -> argparse.ArgumentParser:
     stage("normalise", cmd_normalise, *((f"--{n.replace('_', '-')}", {"default": None}) for n in RAW_SOURCES),
           ("--out-pairs",), ("--out-sft",), ("--out-eval",))
     stage("base", cmd_base, ("--pairs",), ("--sft",), ("--out",))
-    stage("split", cmd_split, ("--pairs",), ("--base",), ("--out-dir",), ("--out-table5",))
+    stage("split", cmd_split, ("--pairs",), ("--base",), ("--out-dir",), ("--out-table5",),
+          ("--oracle-base", {"default": None}))
     stage("train", cmd_train, ("--objective", {"required": True, "choices": objectives.OBJECTIVES}),
           ("--init",), ("--data",), ("--out",), ("--tables", {"nargs": "*", "default": []}),
           ("--resume", {"default": None}))

@@ -5,7 +5,7 @@ rule base_model:
     output:
         directory(f"{UP}/models/base"),
     params:
-        cfg=as_json(config["model"]),
+        cfg=as_json(BASE_PARAMS),
         lineage=lineage_base(),
     threads: config["threads"]["default"]
     log:

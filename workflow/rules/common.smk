@@ -41,9 +41,14 @@ LENGTHS = config["lengths"]
 if sum((LENGTHS["max_prompt_length"], LENGTHS["max_new_tokens"], 2)) > LENGTHS["max_length"]:
     raise ValueError("config key lengths.max_length must be at least lengths.max_prompt_length plus "
                      "lengths.max_new_tokens plus 2 (BOS, EOS), so every generation can be scored whole")
-# What every tokenising stage needs: the token budgets and the prompt format.
+# What every tokenising stage needs: the token budgets and the prompt format (true when
+# model.chat_template is true or names a template file: the base rule sets that on the tokenizer).
 TOKENS = {"max_prompt_length": LENGTHS["max_prompt_length"], "max_length": LENGTHS["max_length"],
-          "chat_template": config["model"].get("chat_template", False)}
+          "chat_template": bool(config["model"].get("chat_template", False))}
+# task: tldr (summarisation, TL;DR comparisons) or ultrafeedback (instruction following)
+TASK = config.get("task", "tldr")
+EVAL_SETS = {"tldr": ["tldr", "news"], "ultrafeedback": ["ultrafeedback", "alpaca_eval"]}[TASK]
+ORACLE_BASE = config["oracle"].get("base")  # null: the Oracle starts from the policy's SFT
 POLICIES = ["sft"] + [f"{m}-{s}" for m in METHODS for s in SPLITS]
 ENV = "../../envs/drdo.yaml"
 
@@ -115,6 +120,8 @@ def code(stage):
 
 
 # The gold reward reads the synthetic world's facts; real text has none.
+if TASK == "ultrafeedback" and config["data"]["source"] == "synthetic":
+    raise ValueError("config key data.source: task ultrafeedback reads files or the hub, not the synthetic world")
 if config["data"]["source"] != "synthetic":
     if config["align"]["drdo"]["teacher"] == "gold":
         raise ValueError("config key align.drdo.teacher: 'gold' exists only for data.source: synthetic")
@@ -124,22 +131,26 @@ if config["data"]["source"] != "synthetic":
 
 SYNTHETIC_FILES = {"comparisons": "comparisons.jsonl", "sft_train": "sft_train.jsonl",
                    "sft_test": "sft_test.jsonl", "news": "news_test.jsonl"}
+# The raw sources of each task (data.files / data.hub entries)
+RAW_SOURCES = {"tldr": list(SYNTHETIC_FILES), "ultrafeedback": ["preferences", "alpaca_eval"]}[TASK]
 
 
 def raw_inputs(wildcards):
     """The normalise rule's local inputs (none for data.source: hub)."""
     if config["data"]["source"] == "hub":
         return {}
-    return {name: raw_file(name) for name in SYNTHETIC_FILES}
+    return {name: raw_file(name) for name in RAW_SOURCES}
 
 
 def hub_specs():
     """data.hub (dataset ids and pinned revisions) when the data comes from the hub."""
     if config["data"]["source"] != "hub":
         return {}
-    if not config["data"].get("hub"):
-        raise ValueError("config key data.hub must be set when data.source is 'hub'")
-    return {"hub": config["data"]["hub"]}
+    hub = config["data"].get("hub") or {}
+    for name in RAW_SOURCES:
+        if not hub.get(name):
+            raise ValueError(f"config key data.hub.{name} must be set when data.source is 'hub' (task {TASK})")
+    return {"hub": {name: hub[name] for name in RAW_SOURCES}}
 
 
 def raw_file(name):
@@ -153,8 +164,26 @@ def raw_file(name):
 
 
 # ---------------------------------------------------------------- per-rule parameters
+def _base_params(model):
+    """The base rule's params: model.chat_template as a template file's content (an edit
+    re-runs the base model and everything after it; a move does not)."""
+    template = model.get("chat_template", False)
+    if not isinstance(template, str):
+        return model
+    try:
+        return {**model, "chat_template": Path(repo_path(template)).read_text()}
+    except OSError as e:
+        raise ValueError(f"config key model.chat_template: cannot read {template!r}: {e}")
+
+
+BASE_PARAMS = _base_params(config["model"])
+# The Oracle's own starting model (oracle.base), made by the same stage with the same prompt format.
+ORACLE_BASE_PARAMS = {**BASE_PARAMS, "name_or_path": ORACLE_BASE or config["model"]["name_or_path"]}
+
+
 def oracle_params():
     params = train_params("oracle")
+    params.pop("base", None)  # the Oracle's starting model is its --init (and in its lineage)
     if config["data"]["source"] == "synthetic":  # to report the Bayes-optimal accuracy
         params["synthetic_labels"] = {
             "gold": GOLD,
@@ -202,7 +231,9 @@ def policy_split(wildcards):
 
 
 # --params of the stages that are not training jobs (one definition: the rules and the lineage use it)
-NORMALISE_PARAMS = as_json({**config["eval"], **hub_specs()})
+EVAL_KEYS = {"tldr": ["n_tldr", "n_news", "seed"], "ultrafeedback": ["n_ultrafeedback", "n_alpaca_eval", "seed"]}[TASK]
+NORMALISE_PARAMS = as_json({**{k: config["eval"][k] for k in EVAL_KEYS}, **hub_specs(),
+                            **({"task": TASK, "holdout": config["data"]["holdout"]} if TASK != "tldr" else {})})
 SPLIT_PARAMS = as_json({**config["split"], **TOKENS})
 INFERENCE = {"dtype": config["train"]["dtype"]}  # frozen models compute in the training dtype
 TABLE_PARAMS = as_json({**TOKENS, "batch_size": config["score"]["batch_size"], **INFERENCE})
@@ -231,7 +262,7 @@ def lineage_raw():
         return digest("raw", config["synthetic"], code("synthetic"))
     if config["data"]["source"] == "hub":  # ids and pinned revisions are in NORMALISE_PARAMS
         return digest("raw", "hub")
-    return digest("raw", [_file_stamp(raw_file(k)) for k in sorted(SYNTHETIC_FILES)])
+    return digest("raw", [_file_stamp(raw_file(k)) for k in sorted(RAW_SOURCES)])
 
 
 def lineage_data():  # pairs, SFT rows and eval prompts (one normalise job)
@@ -239,11 +270,16 @@ def lineage_data():  # pairs, SFT rows and eval prompts (one normalise job)
 
 
 def lineage_base():
-    return digest("base", lineage_data(), config["model"], code("cmd_base"))
+    return digest("base", lineage_data(), BASE_PARAMS, code("cmd_base"))
+
+
+def lineage_oracle_base():
+    return digest("oracle_base", lineage_data(), ORACLE_BASE_PARAMS, code("cmd_base"))
 
 
 def lineage_split():
-    return digest("split", lineage_data(), lineage_base(), SPLIT_PARAMS, code("cmd_split"))
+    oracle_base = [lineage_oracle_base()] if ORACLE_BASE else []
+    return digest("split", lineage_data(), lineage_base(), *oracle_base, SPLIT_PARAMS, code("cmd_split"))
 
 
 def lineage_sft():
@@ -251,7 +287,8 @@ def lineage_sft():
 
 
 def lineage_oracle():
-    return digest("oracle", lineage_sft(), lineage_split(), oracle_params(), code("cmd_train"))
+    init = lineage_oracle_base() if ORACLE_BASE else lineage_sft()
+    return digest("oracle", init, lineage_split(), oracle_params(), code("cmd_train"))
 
 
 def lineage_rm(member):
@@ -309,6 +346,11 @@ def expected_lineage(wildcards, input):
 
 # ---------------------------------------------------------------- figures (rule `figures`)
 CURVE_GROUPS = SPLITS + ["world"]
+
+
+def oracle_init(wildcards):
+    """The Oracle starts from the policy's SFT, or from its own base model (oracle.base)."""
+    return f"{UP}/models/oracle_base" if ORACLE_BASE else f"{UP}/models/sft"
 
 
 def curve_models(wildcards):

@@ -21,6 +21,8 @@ def judge_policies():
 
 def judge_params():
     params = {k: v for k, v in JUDGE.items() if k not in ("enabled", "prompts")}
+    if params.get("eval_sets") is None:  # every eval set; absent keeps older configs' params unchanged
+        params.pop("eval_sets", None)
     params["methods"] = METHODS
     params["gold"] = config["data"]["source"] == "synthetic"  # agreement with the world's true reward
     return as_json(params)
@@ -41,6 +43,10 @@ if JUDGE_ON:
             for _name in (_a, _b):
                 if _name not in METHODS + ["sft", "reference"]:
                     raise ValueError(f"config key judge.comparisons: {_name} is not among align.methods, sft, reference")
+    for _key in ("eval_sets", "instruction_sets"):
+        for _name in JUDGE.get(_key) or []:
+            if _name not in EVAL_SETS:
+                raise ValueError(f"config key judge.{_key}: {_name} is not an eval set of task {TASK} {EVAL_SETS}")
     if JUDGE["serve"] is None and not JUDGE["base_url"]:
         raise ValueError("config key judge.base_url must be set when judge.serve is null")
     for _name, _path in JUDGE["prompts"].items():

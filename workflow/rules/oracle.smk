@@ -1,6 +1,6 @@
 rule oracle:
     input:
-        sft=f"{UP}/models/sft",
+        init=oracle_init,
         data=f"{UP}/data/splits/all.parquet",
     output:
         directory(f"{UP}/models/oracle"),
@@ -19,4 +19,25 @@ rule oracle:
         ENV
     shell:
         "python -m drdo.launch --processes {resources.gpu} --threads {threads} -- --lineage {params.lineage} train --objective oracle --params {params.cfg:q}"
-        " --init {input.sft} --data {input.data} --out {output} --resume {params.resume} > {log} 2>&1"
+        " --init {input.init} --data {input.data} --out {output} --resume {params.resume} > {log} 2>&1"
+
+
+# Only with oracle.base: the Oracle's own starting model (e.g. OPT-1.3B under any policy), made
+# by the base stage with the policy's prompt format (model.chat_template) set on its tokenizer.
+rule oracle_base:
+    input:
+        pairs=f"{UP}/data/pairs.parquet",
+        sft=f"{UP}/data/sft.parquet",
+    output:
+        directory(f"{UP}/models/oracle_base"),
+    params:
+        cfg=as_json(ORACLE_BASE_PARAMS),
+        lineage=lineage_oracle_base(),
+    threads: config["threads"]["default"]
+    log:
+        f"{UP}/logs/oracle_base.log",
+    conda:
+        ENV
+    shell:
+        "python -m drdo --threads {threads} --lineage {params.lineage} base --params {params.cfg:q}"
+        " --pairs {input.pairs} --sft {input.sft} --out {output} > {log} 2>&1"

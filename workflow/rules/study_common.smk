@@ -117,7 +117,7 @@ for variant, levels in VARIANTS:
 # `module NAME: ...` and `use rule ... from NAME as PREFIX_*` compile to these two calls; calling
 # them in a loop makes one instance per world and per run.
 SNAKEFILE = os.path.join(REPO, "Snakefile")
-WORLD_RULES = ["synthetic_world", "normalise", "base_model", "split", "sft", "oracle", "reward_model",
+WORLD_RULES = ["synthetic_world", "normalise", "base_model", "oracle_base", "split", "sft", "oracle", "reward_model",
                "oracle_table", "ensemble_table", "gold_table", "reference_table", "generate",
                "score_policy", "score_reference"]
 RUN_RULES = ["align", "generate", "score_policy"]
@@ -166,6 +166,8 @@ STUDY_PARAMS = {"name": STUDY["name"], "factors": {n: {"key": f["key"], "default
                 "splits": SPLITS, "methods": METHODS, "scorers": BASE["winrates"]["scorers"],
                 "n_boot": STUDY.get("n_boot", 2000), "seed": STUDY.get("bootstrap_seed", 0)}
 STUDY_TEMPERATURE = STUDY.get("figure_temperature", 0.7)
+# a figure per scorer, and the Oracle-vs-gold disagreement where both exist (not on real data)
+STUDY_FIGURES = BASE["winrates"]["scorers"] + (["disagreement"] if {"oracle", "gold"} <= set(BASE["winrates"]["scorers"]) else [])
 
 
 def _code(stage):

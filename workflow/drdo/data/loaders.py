@@ -8,10 +8,15 @@ see :func:`_hf_rows`):
 * ``CarperAI/openai_summarize_tldr``                     -> :func:`load_sft`
 * ``abisee/cnn_dailymail``                               -> :func:`load_news`
 
+and, for ``task: ultrafeedback``, two more:
+
+* ``argilla/ultrafeedback-binarized-preferences-cleaned`` -> :func:`load_preferences`
+* ``tatsu-lab/alpaca_eval`` (config "alpaca_eval")        -> :func:`load_alpaca_eval`
+
 Every loader returns ``(df, drops)``: ``drops`` maps each of the loader's drop reasons to a
 count (zeros included, so reports have a fixed shape). Each row is parsed by a small
 function that returns the normalised record or raises :class:`Drop`; :func:`_load` does
-the iteration, de-duplication, counting and logging for all three.
+the iteration, de-duplication, counting and logging for all of them.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import logging
 import os
 import re
 from collections import Counter
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Hashable, Iterator, Union
 
@@ -45,6 +51,14 @@ COMPARISON_REASONS = ("invalid_json", "missing_field", "empty_response", "identi
                       "bad_confidence", "duplicate_pair")
 SFT_REASONS = ("invalid_json", "missing_field", "empty_response", "duplicate")
 NEWS_REASONS = SFT_REASONS
+# not_single_turn: a conversation that is not exactly [user, assistant] (dropped, not truncated to
+# its last turn: the earlier turns would be context the prompt column does not hold);
+# prompt_mismatch: the user turn is not the row's prompt; bad_rating: a rating that is not a
+# finite number; not_preferred: chosen-rating <= rejected-rating (no preference to learn).
+PREFERENCE_REASONS = ("invalid_json", "missing_field", "not_single_turn", "prompt_mismatch", "empty_response",
+                      "identical_responses", "bad_rating", "not_preferred", "duplicate_pair")
+ALPACA_REASONS = SFT_REASONS
+HOLDOUT_PARTS = ("train", "validation", "test")
 
 # valid1 (TL;DR) and valid2 (TL;DR + CNN/DM) are both held-out comparisons.
 _SPLITS = {"train": "train", "valid1": "validation", "valid2": "validation"}
@@ -323,3 +337,109 @@ def eval_prompts(sft_test_df: pd.DataFrame, news_df: pd.DataFrame, n_tldr: int, 
     news = news_df.sample(n=min(n_news, len(news_df)), random_state=seed)
     news = news.assign(eval_set="news")
     return pd.concat([tldr[EVAL_COLUMNS], news[EVAL_COLUMNS]], ignore_index=True)
+
+
+# ---------------------------------------------------------------------------- UltraFeedback
+
+def holdout_part(prompt: str, holdout: dict) -> str:
+    """"train", "validation" or "test" for a prompt: a seeded hash of the prompt text, so every
+    row of one prompt lands in the same part and the carve does not depend on row order.
+    ``holdout``: ``{"validation": fraction, "test": fraction, "seed": int}``."""
+    u = int(hashlib.sha256(f"{holdout['seed']}\x00{prompt}".encode()).hexdigest()[:15], 16) / 16 ** 15
+    if u < holdout["test"]:
+        return "test"
+    return "validation" if u < holdout["test"] + holdout["validation"] else "train"
+
+
+def _reply(messages: Any, prompt: str) -> str:
+    """The assistant's reply of a single-turn conversation whose user turn is ``prompt``."""
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        raise Drop("missing_field")
+    if [m.get("role") for m in messages] != ["user", "assistant"]:
+        raise Drop("not_single_turn")
+    user, reply = (_get(m, "content") for m in messages)
+    if user.strip() != prompt:
+        raise Drop("prompt_mismatch")
+    return _text(reply)
+
+
+def _rating(row: dict, key: str) -> float:
+    val = row.get(key)
+    if not isinstance(val, (int, float)) or isinstance(val, bool) or val != val or abs(val) == float("inf"):
+        raise Drop("bad_rating")
+    return float(val)
+
+
+def _parse_preference(row: Any, holdout: dict) -> dict:
+    prompt = _get(row, "prompt").strip()
+    if not prompt:
+        raise Drop("missing_field")
+    chosen = _reply(_get(row, "chosen", list), prompt)
+    rejected = _reply(_get(row, "rejected", list), prompt)
+    if chosen == rejected:
+        raise Drop("identical_responses")
+    margin = _rating(row, "chosen-rating") - _rating(row, "rejected-rating")
+    if margin <= 0:
+        raise Drop("not_preferred")
+    prompt_id = short_hash(prompt)
+    return {
+        "pair_id": short_hash(prompt_id, chosen, rejected),
+        "post_id": prompt_id,
+        "split": holdout_part(prompt, holdout),
+        "prompt": prompt,
+        "document": prompt,  # an over-long prompt keeps the instruction's head (batching._cut)
+        "chosen": chosen,
+        "rejected": rejected,
+        "chosen_policy": _opt_str(row, "chosen-model"),
+        "rejected_policy": _opt_str(row, "rejected-model"),
+        "confidence": margin,
+    }
+
+
+def load_preferences(source: Source, holdout: dict) -> tuple[pd.DataFrame, dict[str, int]]:
+    """UltraFeedback preference pairs (``argilla/ultrafeedback-binarized-preferences-cleaned``):
+    ``prompt`` and ``chosen`` / ``rejected`` as [user, assistant] messages with their ratings.
+
+    Columns ``COMPARISON_COLUMNS``; ``split`` is "train", "validation" or "test"
+    (:func:`holdout_part`: the dataset has only a train split); ``confidence`` is the rating
+    margin chosen-rating - rejected-rating (> 0, a float: UltraFeedback has no labeler
+    confidence). Drop reasons: ``PREFERENCE_REASONS``.
+    """
+    for key in ("validation", "test"):
+        if not 0 <= holdout[key] < 1:
+            raise ValueError(f"data.holdout.{key} must be in [0, 1), got {holdout[key]}")
+    if holdout["validation"] + holdout["test"] >= 1:
+        raise ValueError("data.holdout: validation + test must leave prompts to train on")
+    df, drops = _load(source, partial(_parse_preference, holdout=holdout), lambda r: r["pair_id"],
+                      PREFERENCE_REASONS, "duplicate_pair", COMPARISON_COLUMNS)
+    return df.astype({"confidence": "float64"}), drops
+
+
+def _parse_alpaca(row: Any) -> dict:
+    instruction = _get(row, "instruction").strip()
+    if not instruction:
+        raise Drop("missing_field")
+    return {"prompt_id": short_hash(instruction), "prompt": instruction, "document": instruction,
+            "reference": _text(_get(row, "output"))}
+
+
+def load_alpaca_eval(source: Source) -> tuple[pd.DataFrame, dict[str, int]]:
+    """AlpacaEval instructions (``tatsu-lab/alpaca_eval``, config "alpaca_eval", split "eval":
+    instruction, output, generator, dataset). Columns ``NEWS_COLUMNS``; ``reference`` is the
+    dataset's ``output`` (the reference model's answer), one row per instruction."""
+    return _load(source, _parse_alpaca, lambda r: r["prompt_id"], ALPACA_REASONS, "duplicate", NEWS_COLUMNS)
+
+
+def sample_eval_set(df: pd.DataFrame, eval_set: str, n: int, seed: int) -> pd.DataFrame:
+    """A seeded sample of ``n`` rows (all if fewer) of a frame with ``NEWS_COLUMNS``, as ``EVAL_COLUMNS``."""
+    if n < 0:
+        raise ValueError(f"sample size for {eval_set} must be >= 0, got {n}")
+    return df.sample(n=min(n, len(df)), random_state=seed).assign(eval_set=eval_set)[EVAL_COLUMNS]
+
+
+def heldout_prompts(pairs: pd.DataFrame) -> pd.DataFrame:
+    """One eval row per held-out ("test") prompt, its reference the chosen response of its
+    first pair (the paper evaluates on UltraFeedback's test prompts; ours are carved out)."""
+    test = pairs[pairs["split"] == "test"].drop_duplicates("post_id")
+    return pd.DataFrame({"prompt_id": test["post_id"], "prompt": test["prompt"], "document": test["document"],
+                         "reference": test["chosen"]}, columns=NEWS_COLUMNS).reset_index(drop=True)

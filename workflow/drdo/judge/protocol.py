@@ -31,6 +31,8 @@ def sample_prompts(prompts: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
 
 def _side(scores: pd.DataFrame, policy: str, split: str, temperatures: list[float]) -> pd.DataFrame:
     rows = scores[(scores["policy"] == policy) & (scores["split"] == ("-" if policy in SHARED else split))]
+    if "gold" not in rows:  # real data has no gold reward (score files without the column)
+        rows = rows.assign(gold=np.nan)
     cols = ["eval_set", "prompt_id", "response", "gold", "oracle"]
     if policy == "reference":  # one per prompt, compared with the policy at every temperature
         return rows[cols].merge(pd.DataFrame({"temperature": temperatures}), how="cross")
@@ -39,6 +41,12 @@ def _side(scores: pd.DataFrame, policy: str, split: str, temperatures: list[floa
 
 def plan(scores: pd.DataFrame, prompts: pd.DataFrame, p: dict) -> pd.DataFrame:
     """One row per (split, comparison, temperature, eval set, sampled prompt) with both responses."""
+    if p.get("eval_sets"):  # e.g. only AlpacaEval (the paper's Table 3)
+        unknown = sorted(set(p["eval_sets"]) - set(prompts["eval_set"]))
+        if unknown:
+            raise ValueError(f"config key judge.eval_sets: {unknown} not among the eval sets "
+                             f"{sorted(set(prompts['eval_set']))}")
+        prompts = prompts[prompts["eval_set"].isin(p["eval_sets"])]
     sample = sample_prompts(prompts, p["n_prompts"], p["seed"])
     temps = [float(t) for t in p["temperatures"]]
     base = sample.merge(pd.DataFrame({"temperature": temps}), how="cross")

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import gold, io, objectives
+from . import gguf, gold, io, objectives
 from .base_model import build_base
 from .batching import TooLong, encode
 from .data import loaders, splits
@@ -71,7 +71,12 @@ def cmd_base(a) -> None:
     model, tokenizer = build_base(a.params, texts.drop_duplicates().tolist())
     log.info("base model: %s, %.2fM parameters, vocabulary %d", a.params["name_or_path"],
              sum(p.numel() for p in model.parameters()) / 1e6, len(tokenizer))
-    _save_checkpoint(model, tokenizer, a.out, io.provenance("base", a.params, {"pairs": a.pairs, "sft": a.sft}))
+    prov = io.provenance("base", a.params, {"pairs": a.pairs, "sft": a.sft})
+    spec = gguf.model_spec(a.params["name_or_path"])
+    if spec is not None:  # the file it was converted from
+        prov["gguf"] = gguf.provenance(gguf.resolve(spec, "model.name_or_path"))
+        log.info("converted from %s (%s)", prov["gguf"]["path"], prov["gguf"]["general_name"])
+    _save_checkpoint(model, tokenizer, a.out, prov)
 
 
 def _lengths(p: dict) -> dict:

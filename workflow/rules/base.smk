@@ -2,6 +2,7 @@ rule base_model:
     input:
         pairs=f"{UP}/data/pairs.parquet",
         sft=f"{UP}/data/sft.parquet",
+        gguf=BASE_GGUF or [],  # the file a GGUF model.name_or_path names
     output:
         directory(f"{UP}/models/base"),
     params:

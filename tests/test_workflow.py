@@ -17,9 +17,10 @@ OUT = "results/e2e"
 pytestmark = pytest.mark.e2e
 
 
-def snakemake(workdir: Path, *args: str, override: str | None = None, check: bool = True):
-    """Run snakemake on the e2e config, plus an optional YAML ``override`` layered on top."""
-    configs = [str(CONFIG)]
+def snakemake(workdir: Path, *args: str, override: str | None = None, check: bool = True,
+              configs: tuple[Path, ...] = (CONFIG,)):
+    """Run snakemake on the e2e config (or ``configs``), plus an optional YAML ``override`` layered on top."""
+    configs = [str(c) for c in configs]
     if override:
         (workdir / "override.yaml").write_text(override)
         configs.append(str(workdir / "override.yaml"))

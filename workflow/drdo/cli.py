@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import gold, io, objectives
+from . import gguf, gold, io, objectives
 from .base_model import build_base
 from .batching import TooLong, encode
 from .data import loaders, splits
@@ -97,11 +97,29 @@ def cmd_base(a) -> None:
     pairs, sft = io.read_parquet(a.pairs), io.read_parquet(a.sft)
     texts = pd.concat([sft["prompt"], sft["response"], pairs["prompt"], pairs["chosen"], pairs["rejected"]])
     model, tokenizer = build_base(a.params, texts.drop_duplicates().tolist())
-    if isinstance(a.params.get("chat_template"), str):  # a template file's content (model.chat_template)
-        tokenizer.chat_template = a.params["chat_template"]  # saved with every checkpoint after this one
+    _set_chat_template(tokenizer, a.params)
     log.info("base model: %s, %.2fM parameters, vocabulary %d", a.params["name_or_path"],
              sum(p.numel() for p in model.parameters()) / 1e6, len(tokenizer))
     _save_checkpoint(model, tokenizer, a.out, io.provenance("base", a.params, {"pairs": a.pairs, "sft": a.sft}))
+
+
+def _set_chat_template(tokenizer, params: dict) -> None:
+    """model.chat_template as a template file (its content is in the params): set on the base
+    tokenizer, so every checkpoint after it carries the template."""
+    if isinstance(params.get("chat_template"), str):
+        tokenizer.chat_template = params["chat_template"]
+
+
+def cmd_base_gguf(a) -> None:
+    """The base model converted from a GGUF file (model.name_or_path: gguf:smollm2 or a .gguf path):
+    dequantised, a plain Hugging Face checkpoint; the manifest records the file."""
+    path = gguf.resolve(a.gguf, "model.name_or_path")
+    model, tokenizer = gguf.load(path, a.params["dtype"])
+    _set_chat_template(tokenizer, a.params)
+    prov = {**io.provenance("base", a.params), "gguf": gguf.provenance(path)}
+    log.info("base model: %s converted from %s (%s), %.2fM parameters, vocabulary %d", a.params["name_or_path"],
+             path, prov["gguf"]["general_name"], sum(p.numel() for p in model.parameters()) / 1e6, len(tokenizer))
+    _save_checkpoint(model, tokenizer, a.out, prov)
 
 
 def _lengths(p: dict) -> dict:
@@ -380,6 +398,7 @@ def _parser() -> argparse.ArgumentParser:
     stage("normalise", cmd_normalise, *((f"--{n.replace('_', '-')}", {"default": None}) for n in RAW_SOURCES),
           ("--out-pairs",), ("--out-sft",), ("--out-eval",))
     stage("base", cmd_base, ("--pairs",), ("--sft",), ("--out",))
+    stage("base-gguf", cmd_base_gguf, ("--gguf",), ("--out",))
     stage("split", cmd_split, ("--pairs",), ("--base",), ("--out-dir",), ("--out-table5",),
           ("--oracle-base", {"default": None}))
     stage("train", cmd_train, ("--objective", {"required": True, "choices": objectives.OBJECTIVES}),

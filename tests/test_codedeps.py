@@ -1,5 +1,7 @@
 """Which package files each stage runs: the basis of code-change reruns (e2e: test_workflow)."""
 
+import ast
+
 from drdo import codedeps
 
 
@@ -27,3 +29,16 @@ def test_hash_follows_the_stage_function_not_other_functions_of_cli():
 def test_a_lazy_import_inside_the_stage_counts():
     files = _names("cmd_judge")  # cmd_judge imports drdo.judge only when it runs
     assert {"judge/stage.py", "judge/client.py"} <= files and "trainer.py" not in files
+
+
+def test_a_local_named_like_an_import_is_not_that_import():
+    fn = ast.parse("""
+def cmd_x(a, score=None):
+    train = a.rows[a.rows.split == "train"]
+    def inner():
+        return train, generate(a)
+    return evaluate(train), [io for io in a.items], score
+""").body[0]
+    # `train`, `score` and `inner` are the function's own; `generate` and `evaluate` are read from
+    # outside; a comprehension's variable (`io`) is counted, on the safe side (an extra rerun)
+    assert codedeps._free_names(fn) == {"generate", "evaluate", "io"}

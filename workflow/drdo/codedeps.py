@@ -97,12 +97,34 @@ def _cli_parts(command: str) -> tuple[list[str], set[Path]]:
             if isinstance(node, ast.ImportFrom) and node.level:  # a lazy import inside the function
                 base = _resolve(cli, node.level, node.module)
                 modules.update(f for alias in node.names if (f := _as_file(base / alias.name) or _as_file(base)))
-            elif isinstance(node, ast.Name):
-                if node.id in functions:
-                    todo.append(node.id)
-                elif node.id in imported:
-                    modules.add(imported[node.id])
+        for name_id in _free_names(functions[name]):
+            if name_id in functions:
+                todo.append(name_id)
+            elif name_id in imported:
+                modules.add(imported[name_id])
     return sorted(sources), modules
+
+
+def _free_names(fn: ast.FunctionDef) -> set[str]:
+    """Names ``fn`` reads that it does not bind itself (a local ``train = ...`` or an argument
+    named like an import is not the imported ``train``). Bindings are those of ``fn``'s own
+    scope; a nested function reading one of them reads the enclosing local, as in Python."""
+    bound = {a.arg for a in (*fn.args.posonlyargs, *fn.args.args, *fn.args.kwonlyargs)}
+    bound |= {a.arg for a in (fn.args.vararg, fn.args.kwarg) if a}
+    todo = list(fn.body)
+    while todo:  # fn's own scope: not into nested functions, lambdas, classes or comprehensions
+        node = todo.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+            continue
+        if isinstance(node, (ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)):
+            continue
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            bound.add(node.id)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            bound |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        todo.extend(ast.iter_child_nodes(node))
+    return {n.id for n in ast.walk(fn) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)} - bound
 
 
 def stage_files(stage: str) -> list[Path]:

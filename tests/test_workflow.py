@@ -133,6 +133,7 @@ def test_seed_change_reruns_everything(workdir):
     ("align: {dpo: {gamma: 2.0}}", "gamma"),
     ("lengths: {max_length: 100}", "lengths.max_length"),
     ("{data: {source: hub}, winrates: {scorers: [oracle]}}", "data.hub"),
+    ("oracle: {base: gguf:smollm2}", "oracle.base"),
 ])
 def test_bad_config_stops_before_any_job(tmp_path, override, key):
     proc = snakemake(tmp_path, "-n", override=override, check=False)

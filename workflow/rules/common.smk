@@ -56,6 +56,9 @@ TOKENS = {"max_prompt_length": LENGTHS["max_prompt_length"], "max_length": LENGT
 TASK = config.get("task", "tldr")
 EVAL_SETS = {"tldr": ["tldr", "news"], "ultrafeedback": ["ultrafeedback", "alpaca_eval"]}[TASK]
 ORACLE_BASE = config["oracle"].get("base")  # null: the Oracle starts from the policy's SFT
+if ORACLE_BASE and (gguf.model_spec(ORACLE_BASE) or ORACLE_BASE == "tiny"):
+    raise ValueError(f"config key oracle.base: {ORACLE_BASE!r} is not supported for the Oracle (a Hugging Face "
+                     "model id or local directory; a GGUF or `tiny` base only as model.name_or_path)")
 POLICIES = ["sft"] + [f"{m}-{s}" for m in METHODS for s in SPLITS]
 ENV = "../../envs/drdo.yaml"
 

@@ -156,7 +156,7 @@ def _run_drdo(work: Path, data: dict, args, objective_name: str) -> tuple[list[f
 
     timed = dataclasses.replace(objective, loss=loss)
     cfg = TrainConfig(lr=args.lr, batch_size=args.batch, max_steps=args.steps, warmup_steps=0, weight_decay=0.0,
-                      max_grad_norm=1.0, seed=0)
+                      max_grad_norm=1.0, seed=0, gradient_checkpointing=args.checkpointing)
     torch.manual_seed(0)
     history = train(model, examples, timed, cfg, data["pad_id"])
     return [h["loss"] for h in history], stamps
@@ -198,6 +198,8 @@ def _run_trl(work: Path, data: dict, args) -> tuple[list[float], list[float]]:
                         max_grad_norm=1.0, beta=0.1, logging_steps=1, report_to="none", save_strategy="no",
                         use_cpu=True, seed=0, data_seed=0, precompute_ref_log_probs=True, max_length=None,
                         dataloader_num_workers=0, disable_tqdm=True, optim="adamw_torch",
+                        gradient_checkpointing=args.checkpointing,
+                        gradient_checkpointing_kwargs={"use_reentrant": False},  # as the project's trainer
                         bf16=False)  # TRL's default is bf16; fp32 like ours
         torch.manual_seed(0)
         trainer = SameData(model=load_causal_lm(work / "model", args.dtype), args=cfg, train_dataset=ds,
@@ -248,6 +250,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                     help="float64: the loss-equality check without fp32 rounding (both trainers, reference log-probs)")
+    ap.add_argument("--checkpointing", action="store_true",
+                    help="gradient (activation) checkpointing in both trainers: memory for recompute")
     ap.add_argument("--runners", default="drdo,trl,drdo-drdo")
     ap.add_argument("--work", default=None, help="reuse a prepared folder")
     ap.add_argument("--runner", choices=RUNNERS, help=argparse.SUPPRESS)  # worker mode
@@ -267,14 +271,15 @@ def main() -> None:
         for r in (runners if rep % 2 == 0 else runners[::-1]):  # interleaved, alternating order
             cmd = [sys.executable, __file__, "--runner", r, "--work", str(work), "--batch", str(args.batch),
                    "--steps", str(args.steps), "--lr", str(args.lr), "--threads", str(args.threads),
-                   "--dtype", args.dtype]
+                   "--dtype", args.dtype] + (["--checkpointing"] if args.checkpointing else [])
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if proc.returncode:
                 sys.exit(f"{r} failed:\n{proc.stderr[-4000:]}")
             res = json.loads(proc.stdout.strip().splitlines()[-1])
             results[r].append(res)
             print(json.dumps({"model": args.model, "repeat": rep, **res}), flush=True)
-    summary = {"model": args.model, "dtype": args.dtype, "batch_pairs": args.batch, "steps": args.steps,
+    summary = {"model": args.model, "dtype": args.dtype, "checkpointing": args.checkpointing,
+               "batch_pairs": args.batch, "steps": args.steps,
                "repeats": args.repeats,
                "threads": args.threads}
     if "drdo" in results and "trl" in results:

@@ -97,7 +97,7 @@ def test_two_zero2_ranks_reproduce_one_process(inputs):
     assert (zero / "reward_head.safetensors").exists()
 
 
-def test_launcher_commands():
+def test_launcher_commands(monkeypatch):
     cmd, env = command(1, 4, ["train", "--params", "{}"])
     assert cmd[1:4] == ["-m", "drdo", "--threads"] and cmd[4] == "4" and env["OMP_NUM_THREADS"] == "4"
     cmd, env = command(2, 4, ["train", "--params", json.dumps({"deepspeed": "z.json"})])
@@ -105,6 +105,11 @@ def test_launcher_commands():
     assert "--multi_gpu" in command(2, 2, ["--lineage", "abc", "train", "--params", "{}"])[0]
     with pytest.raises(ValueError, match="resources"):
         command(2, 2, ["generate", "--params", "{}"])
+    # CPU jobs keep freed memory for reuse (no page faults per step); GPU jobs and a user's own setting are left alone
+    assert command(0, 1, ["generate"])[1]["MALLOC_MMAP_THRESHOLD_"] == str(1 << 30)
+    assert "MALLOC_MMAP_THRESHOLD_" not in command(1, 1, ["generate"])[1]
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "0")
+    assert "MALLOC_TRIM_THRESHOLD_" not in command(0, 1, ["generate"])[1]
 
 
 def _saved_step(meta: Path) -> int:

@@ -278,6 +278,28 @@ def test_score_batched_equals_one_by_one(tok, head_model):
 
 
 
+def test_score_shares_each_prompt_among_its_responses(tok, head_model, monkeypatch):
+    """Generations at four temperatures: one prompt, four responses, scored as one group (the
+    prompt once); the values equal scoring each alone, and one unscorable response is NaN alone."""
+    from drdo import packing
+    from drdo.scoring import score
+
+    prompts = [PROMPT] * 4 + ["the cat"] * 4
+    responses = [SUMMARY, "Cat.", SUMMARY, "b c d e f g " * 20, "sat", "sat on the mat", "", "mat"]
+    stored = []
+    real_pack = packing.pack
+    monkeypatch.setattr("drdo.scoring.pack", lambda *a, **k: stored.append(int(real_pack(*a, **k).group.ge(0).sum())) or real_pack(*a, **k))
+    grouped = score(head_model, tok, prompts, responses, max_length=64, batch_size=8)
+    assert grouped["n_too_long"] == 1 and np.isnan(grouped["reward"][3]) and np.isnan(grouped["logp"][3])
+    for i in (0, 1, 2, 4, 5, 6, 7):
+        one = score(head_model, tok, [prompts[i]], [responses[i]], max_length=64)
+        assert grouped["reward"][i] == pytest.approx(one["reward"][0], rel=1e-4, abs=1e-5)
+        assert grouped["logp"][i] == pytest.approx(one["logp"][0], rel=1e-4, abs=1e-4)
+        assert grouped["ntok"][i] == one["ntok"][0]
+    alone = sum(stored[1:])  # each sequence packed by itself
+    assert stored[0] < alone - 2 * len(_ids(tok, PROMPT))  # PROMPT stored once for three responses
+
+
 def test_score_pairs_equals_scoring_each_side_alone(tok, head_model, monkeypatch):
     """The tables score each pair with its prompt computed once: same values as per side,
     a pair with one unscorable side is NaN on both, and fewer tokens go through the model."""

@@ -15,7 +15,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from drdo import objectives
 from drdo.base_model import tiny_llama, train_tokenizer
-from drdo.batching import Encoded, encode, pad_batch
+from drdo.batching import Encoded, encode, encode_prompt, pad_batch
 from drdo.modeling import LMWithRewardHead, response_logps
 from drdo.packing import (CHOSEN, REJECTED, SHARED, PackedForward, attention_inputs, dense_mask, pack,
                           shares_prefixes)
@@ -134,6 +134,29 @@ def test_shared_prefix_layout_and_mask():
     assert packed.pred_index.tolist()[:5] == [1, 2, 3, 1, 2]
     assert packed.last_index.tolist() == [4, 5, 8, 8]
     assert packed.ntok.tolist() == [3, 2, 2, 2]
+
+
+def test_groups_of_k_responses_share_one_prompt(tok, tiny):
+    """A prompt with k responses (a policy's generations at k temperatures) is one group: the prompt
+    once, then each response as its own branch; every sequence gets its padded values, also
+    when two responses are identical, one is a prefix of another, or all start alike."""
+    enc = lambda r: encode(tok, TEXTS[0], r, 256)  # noqa: E731
+    groups = [[enc(TEXTS[1]), enc(" Locked my keys"), enc(TEXTS[1]), enc(""), enc(" the cat")],
+              [encode(tok, TEXTS[2], " cat", 256)],
+              [enc(" the dog"), enc(" the fox"), enc(" the fox sat")]]
+    seqs = [s for g in groups for s in g]
+    with torch.no_grad():
+        ref_logp, ref_ntok, ref_r = padded(tiny, seqs)
+        for budget in (0, 10_000):
+            packed = pack(groups, tok.pad_token_id, budget)
+            logp, r = PackedForward(tiny)(packed, logps=True, rewards=True)
+            torch.testing.assert_close(logp, ref_logp, **TOL)
+            torch.testing.assert_close(r, ref_r, **TOL)
+    assert packed.ntok.tolist() == ref_ntok.long().tolist()
+    prompt = len(encode_prompt(tok, TEXTS[0]))  # BOS + prompt tokens
+    assert packed.branch[0, :prompt].tolist() == [SHARED] * prompt  # the longest group first
+    stored = int((packed.group >= 0).sum())  # groups 0 and 2 store TEXTS[0]'s prompt once each
+    assert stored <= sum(len(s.input_ids) for s in seqs) - prompt * (len(groups[0]) - 1 + len(groups[2]) - 1)
 
 
 def test_padding_rows_and_kernel_choice(tiny):

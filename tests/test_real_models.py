@@ -9,6 +9,7 @@
 * chat templates, and pad == eos.
 """
 
+import functools
 import json
 import math
 
@@ -107,13 +108,14 @@ def test_generation_uses_the_document_cut(bpe):
     model = tiny_llama(bpe, ARCH, seed=0)
     prompts = pd.DataFrame({"eval_set": ["news"], "prompt_id": ["p"], "prompt": [PROMPT], "document": [POST]})
     captured = {}
-    real_generate = model.generate
+    real_forward = model.forward
 
-    def spy(**kw):  # records what the model is given; the real generate runs
-        captured["ids"] = kw["input_ids"][0].tolist()
-        return real_generate(**kw)
+    @functools.wraps(real_forward)
+    def spy(**kw):  # records what the model is first given (the prompt); the real forward runs
+        captured.setdefault("ids", kw["input_ids"][0].tolist())
+        return real_forward(**kw)
 
-    model.generate = spy
+    model.forward = spy
     generate(model, bpe, prompts, [0.7], 0.8, max_new_tokens=3, max_prompt_length=40, batch_size=1, seed=0)
     assert captured["ids"] == encode_prompt(bpe, PROMPT, 40, document=POST)
 

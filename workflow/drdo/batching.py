@@ -18,6 +18,8 @@ lengths, never from the pad id, so pad == eos is safe); generation pads on the l
 
 from __future__ import annotations
 
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -38,8 +40,23 @@ class Encoded:
     prompt_cut: int = 0   # prompt tokens removed to fit the budget
 
 
+_RECENT: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # tokenizer -> its recent texts' ids
+_RECENT_SIZE = 256
+
+
 def _ids(tokenizer, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    """Token ids of ``text``, no special tokens. The last few hundred texts of each tokenizer are
+    remembered: a pair's prompt comes twice in a row (chosen, rejected) and the probe word of
+    ``_continuation_ids`` with every response, so a third of the calls are repeats."""
+    recent = _RECENT.setdefault(tokenizer, OrderedDict())
+    if text in recent:
+        recent.move_to_end(text)
+        return list(recent[text])
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    recent[text] = ids
+    if len(recent) > _RECENT_SIZE:
+        recent.popitem(last=False)
+    return list(ids)
 
 
 def format_prompt(tokenizer, prompt: str, chat: bool = False) -> str:

@@ -16,17 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
-from . import gguf, gold, io, objectives
-from .base_model import build_base
-from .batching import TooLong, encode
+from . import gguf, gold, io
 from .data import loaders, splits
-from .generation import generate
-from .modeling import LMWithRewardHead, for_inference, load_causal_lm, load_tokenizer
-from .scoring import score, score_pairs
-from .trainer import Example, TrainConfig, evaluate, make_accelerator, train
 from .winrates import judge_table, winrate_table
+
+# torch, transformers and the modules that import them are imported by the stages that use them:
+# every job pays the ~3 s import, and the data and aggregation stages need neither.
+TORCH_STAGES = ("base", "base-gguf", "split", "train", "table", "generate", "score")
 
 log = logging.getLogger("drdo")
 
@@ -94,6 +91,8 @@ def _normalise_ultrafeedback(src: dict, p: dict):
 
 
 def cmd_base(a) -> None:
+    from .base_model import build_base
+
     pairs, sft = io.read_parquet(a.pairs), io.read_parquet(a.sft)
     texts = pd.concat([sft["prompt"], sft["response"], pairs["prompt"], pairs["chosen"], pairs["rejected"]])
     model, tokenizer = build_base(a.params, texts.drop_duplicates().tolist())
@@ -128,6 +127,9 @@ def _lengths(p: dict) -> dict:
 
 
 def cmd_split(a) -> None:
+    from .batching import encode
+    from .modeling import load_tokenizer
+
     p = a.params
     pairs = io.read_parquet(a.pairs)
     tokenizer = load_tokenizer(a.base)
@@ -163,6 +165,10 @@ def cmd_split(a) -> None:
 
 # --------------------------------------------------------------------------- training
 def cmd_train(a) -> None:
+    from . import objectives
+    from .modeling import LMWithRewardHead, load_causal_lm, load_tokenizer
+    from .trainer import TrainConfig, evaluate, make_accelerator, train
+
     p = a.params
     objective = objectives.build(a.objective, p)
     cfg = TrainConfig.from_params(p)
@@ -194,7 +200,8 @@ def cmd_train(a) -> None:
     history = train(model, train_ex, objective, cfg, tokenizer.pad_token_id, a.resume, run_key, acc)
     if not acc.is_main_process:  # rank 0 alone evaluates and writes, after every rank has finished
         return
-    model = acc.unwrap_model(model)
+    # `model` itself was never wrapped (train() wraps a PackedForward around it), so there is
+    # nothing to unwrap; accelerate's unwrap_model would import DeepSpeed (~2 s) to find out
     val = {}
     if len(val_rows):
         val = evaluate(model, to_examples(val_rows), objective, tokenizer.pad_token_id, p["eval_batch_size"])
@@ -209,9 +216,12 @@ def cmd_train(a) -> None:
     _save_checkpoint(model, tokenizer, a.out, prov, metrics=pd.DataFrame(history))
 
 
-def _examples(df: pd.DataFrame, tokenizer, objective, p: dict) -> list[Example]:
+def _examples(df: pd.DataFrame, tokenizer, objective, p: dict) -> list["Example"]:
     """Encoded rows; a row whose response cannot fit ``max_length`` is dropped (counted),
     never cut. Prompts over budget keep the document's head and the instruction."""
+    from .batching import TooLong, encode
+    from .trainer import Example
+
     def enc(r, side):
         return encode(tokenizer, r["prompt"], r[side], p["max_length"], p.get("train_on_prompt", False),
                       document=r.get("document"), **_lengths(p))
@@ -265,6 +275,9 @@ def cmd_table(a) -> None:
 
     ``--pairs`` may name several split files: every pair any of them holds is scored once.
     """
+    from .modeling import LMWithRewardHead, for_inference, load_causal_lm, load_tokenizer
+    from .scoring import score_pairs
+
     pairs = _read_pairs(a.pairs)
     table = pairs[["pair_id"]].copy()
     inputs = _pairs_inputs(a.pairs)
@@ -312,6 +325,9 @@ def cmd_gold_table(a) -> None:
 
 
 def cmd_generate(a) -> None:
+    from .generation import generate
+    from .modeling import for_inference, load_causal_lm, load_tokenizer
+
     p = a.params
     prompts = io.read_parquet(a.prompts)
     model, tokenizer = for_inference(load_causal_lm(a.policy), p.get("dtype", "float32")), load_tokenizer(a.policy)
@@ -324,6 +340,9 @@ def cmd_generate(a) -> None:
 
 def cmd_score(a) -> None:
     """Oracle and gold reward of each generation (or of the reference summaries)."""
+    from .modeling import LMWithRewardHead, for_inference, load_tokenizer
+    from .scoring import score
+
     prompts = io.read_parquet(a.prompts)
     if a.generations:
         gen = io.read_parquet(a.generations).merge(prompts, on=["eval_set", "prompt_id"], validate="many_to_one")
@@ -401,7 +420,7 @@ def _parser() -> argparse.ArgumentParser:
     stage("base-gguf", cmd_base_gguf, ("--gguf",), ("--out",))
     stage("split", cmd_split, ("--pairs",), ("--base",), ("--out-dir",), ("--out-table5",),
           ("--oracle-base", {"default": None}))
-    stage("train", cmd_train, ("--objective", {"required": True, "choices": objectives.OBJECTIVES}),
+    stage("train", cmd_train, ("--objective", {"required": True}),  # objectives.build names the choices
           ("--init",), ("--data",), ("--out",), ("--tables", {"nargs": "*", "default": []}),
           ("--resume", {"default": None}))
     stage("table", cmd_table, ("--pairs", {"nargs": "+", "required": True}), ("--model", {"action": "append", "required": True}),
@@ -422,7 +441,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         stream=sys.stderr)
     a = _parser().parse_args(argv)
-    if a.threads:
+    if a.threads and a.stage in TORCH_STAGES:
+        import torch
+
         torch.set_num_threads(a.threads)
     io.LINEAGE = a.lineage
     if a.expect_lineage:

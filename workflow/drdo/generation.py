@@ -1,43 +1,101 @@
-"""Sampling responses from a policy: left-padded batches, nucleus sampling, one seed per temperature."""
+"""Sampling responses from a policy: nucleus sampling at several temperatures, the prompt computed once.
+
+Each batch holds a few prompts, each at every temperature: a prompt's forward pass (the prefill)
+runs once and its key/value cache is copied to its temperature rows, which then decode together,
+each with its own temperature. Prompts are left-padded (position ids count real tokens, as in
+Hugging Face ``generate``) and batched by length, so little padding is computed; decoding stops
+when every row has written EOS or ``max_new_tokens``. One seeded generator drives every draw: the
+same seed, prompts and batch size give the same responses for every policy.
+"""
 
 from __future__ import annotations
 
+import inspect
+
+import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
 
 from .batching import encode_prompt
+
+
+def nucleus_sample(logits: torch.Tensor, temperature: torch.Tensor, top_p: float,
+                   generator: torch.Generator) -> torch.Tensor:
+    """One token per row: softmax(logits / T_row), restricted to the smallest set of most likely
+    tokens whose mass reaches ``top_p`` (the most likely token always stays), renormalised."""
+    probs = F.softmax(logits.float() / temperature[:, None], dim=-1)
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    outside = sorted_probs.cumsum(-1) - sorted_probs >= top_p  # the mass before this token already reaches top_p
+    choice = torch.multinomial(sorted_probs.masked_fill(outside, 0.0), 1, generator=generator)
+    return order.gather(-1, choice).squeeze(-1)
+
+
+def _forward_kwargs(model, cache: DynamicCache) -> dict:
+    """The cache argument (transformers 5 renamed ``past_key_values`` to ``cache``), and logits at
+    the last position only where the model can skip the others."""
+    accepted = inspect.signature(model.forward).parameters
+    kw = {"cache" if "cache" in accepted else "past_key_values": cache, "use_cache": True}
+    return kw | ({"logits_to_keep": 1} if "logits_to_keep" in accepted else {})
+
+
+@torch.no_grad()
+def sample_batch(model, prompts: list[list[int]], temperatures: list[float], top_p: float, max_new_tokens: int,
+                 pad_id: int, eos_id: int, generator: torch.Generator) -> list[list[int]]:
+    """Response tokens (up to and without EOS, or ``max_new_tokens`` of them) for every prompt at
+    every temperature; row ``i * len(temperatures) + j`` is prompt i at temperature j."""
+    device, k = model.device, len(temperatures)
+    width = max(map(len, prompts))
+    ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)
+    attn = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    position = (attn.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache()
+    kw = _forward_kwargs(model, cache)
+    logits = model(input_ids=ids, attention_mask=attn, position_ids=position, **kw).logits[:, -1]
+    cache.batch_repeat_interleave(k)  # each prompt's cache, once per temperature
+    logits, attn = logits.repeat_interleave(k, 0), attn.repeat_interleave(k, 0)
+    position = position[:, -1:].repeat_interleave(k, 0)
+    temperature = torch.tensor(temperatures, device=device).repeat(len(prompts))
+    done = torch.zeros(len(logits), dtype=torch.bool, device=device)
+    steps = []
+    for _ in range(max_new_tokens):
+        token = nucleus_sample(logits, temperature, top_p, generator).masked_fill(done, eos_id)
+        steps.append(token)
+        done |= token == eos_id
+        if done.all():
+            break
+        attn = torch.cat([attn, attn.new_ones(len(attn), 1)], dim=1)
+        position = position + 1
+        logits = model(input_ids=token[:, None], attention_mask=attn, position_ids=position, **kw).logits[:, -1]
+    out = torch.stack(steps, dim=1).tolist()
+    return [row[:row.index(eos_id) + 1] if eos_id in row else row for row in out]
 
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: pd.DataFrame, temperatures: list[float], top_p: float,
              max_new_tokens: int, max_prompt_length: int, batch_size: int, seed: int,
              chat: bool = False) -> pd.DataFrame:
-    """One sampled response per (prompt, temperature). ``prompts`` has eval_set, prompt_id, prompt
-    and, optionally, document (an over-long prompt keeps the document's head and the
-    instruction after it; see ``batching.encode_prompt``)."""
+    """One sampled response per (prompt, temperature); ``batch_size`` counts those rows. ``prompts``
+    has eval_set, prompt_id, prompt and, optionally, document (an over-long prompt keeps the
+    document's head and the instruction after it; see ``batching.encode_prompt``)."""
     model.eval()
-    model.config.use_cache = True
-    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     docs = prompts["document"] if "document" in prompts else [None] * len(prompts)
     encoded = [encode_prompt(tokenizer, p, max_prompt_length, d, chat) for p, d in zip(prompts["prompt"], docs)]
+    generator = torch.Generator(device=model.device).manual_seed(seed)
+    per_batch = max(1, batch_size // len(temperatures))
+    by_length = np.argsort([len(e) for e in encoded], kind="stable")  # little padding per batch
     rows = []
-    for temperature in temperatures:
-        torch.manual_seed(seed)  # same stream per temperature: runs are comparable and repeatable
-        for lo in range(0, len(encoded), batch_size):
-            chunk = encoded[lo:lo + batch_size]
-            width = max(map(len, chunk))
-            ids = torch.tensor([[pad] * (width - len(c)) + c for c in chunk], device=model.device)
-            attn = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in chunk], device=model.device)
-            out = model.generate(input_ids=ids, attention_mask=attn, do_sample=True,
-                                 temperature=temperature, top_p=top_p, top_k=0,
-                                 max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=eos)
-            for j, seq in enumerate(out[:, width:].tolist()):
-                finished = eos in seq
-                seq = seq[:seq.index(eos)] if finished else seq
-                rows.append({"idx": lo + j, "temperature": float(temperature),
-                             "response": tokenizer.decode(seq, skip_special_tokens=True).strip(),
-                             "finished": finished, "n_tokens": len(seq)})
-    model.config.use_cache = False
-    gen = pd.DataFrame(rows)
+    for lo in range(0, len(encoded), per_batch):
+        idx = by_length[lo:lo + per_batch]
+        responses = sample_batch(model, [encoded[i] for i in idx], temperatures, top_p, max_new_tokens,
+                                 tokenizer.pad_token_id, tokenizer.eos_token_id, generator)
+        for r, seq in enumerate(responses):
+            finished = seq[-1:] == [tokenizer.eos_token_id]
+            seq = seq[:-1] if finished else seq
+            rows.append({"idx": int(idx[r // len(temperatures)]), "temperature": float(temperatures[r % len(temperatures)]),
+                         "response": tokenizer.decode(seq, skip_special_tokens=True).strip(),
+                         "finished": finished, "n_tokens": len(seq)})
+    gen = pd.DataFrame(rows).sort_values(["temperature", "idx"], kind="stable").reset_index(drop=True)
     meta = prompts.reset_index(drop=True)[["eval_set", "prompt_id"]]
     return pd.concat([meta.iloc[gen["idx"]].reset_index(drop=True), gen.drop(columns="idx")], axis=1)

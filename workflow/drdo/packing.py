@@ -10,7 +10,8 @@ causal LM's state at a token depends only on the tokens before it). The only dif
 float summation order.
 
 A slot's attention is described by its ``group`` (the pair or sequence it belongs to; -1 for
-padding) and ``branch`` (0: shared by the whole group; 1: chosen only; 2: rejected only). Query
+padding) and ``branch`` (0: shared by the whole group; 1: chosen only; 2: rejected only; a group
+of k responses to one prompt, scored together, has branches 1..k the same way). Query
 q sees key k iff k <= q in the row, same group, and k's branch is 0 or q's branch. Which kernel
 applies it is picked in one place, :func:`attention_inputs`: a dense 4D mask for SDPA or eager
 attention (CPU, and any GPU without the kernels below), a ``BlockMask`` for flex attention, and
@@ -36,7 +37,7 @@ import torch.nn.functional as F
 from .batching import Encoded
 from .modeling import at_least_fp32
 
-SHARED, CHOSEN, REJECTED = 0, 1, 2
+SHARED, CHOSEN, REJECTED = 0, 1, 2  # branch ids; sequence j of a group is branch j + 1
 FLASH = ("flash_attention_2", "flash_attention_3")  # varlen kernels: block-causal masks only
 # budget 0: rows of twice the mean group, at most this (unless a group is longer). With a dense
 # mask, attention time and memory grow with the row's width squared: on CPU, SmolLM2 pairs of
@@ -67,38 +68,37 @@ class Packed:
         return self.last_index.shape[0]
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
+def _common_prefix(seqs: list[list[int]]) -> int:
+    """Length of the token prefix all of ``seqs`` share."""
     n = 0
-    for x, y in zip(a, b):
-        if x != y:
+    for column in zip(*seqs):
+        if any(x != column[0] for x in column):
             break
         n += 1
     return n
 
 
 def pack(groups: list[list[Encoded]], pad_id: int, budget: int = 0, share_prefix: bool = True) -> Packed:
-    """Pack ``groups`` (each one sequence, or a [chosen, rejected] pair) into rows.
+    """Pack ``groups`` (each one sequence, a [chosen, rejected] pair, or any k sequences of one
+    prompt, such as a policy's responses at k temperatures) into rows.
 
-    Sequences are numbered in the order given: group 0's sequences first, then group 1's, and
-    so on, whatever the layout. A row holds whole groups up to ``budget`` tokens (at least the
-    longest group; 0: twice the mean group capped at ``AUTO_ROW_CAP``, which measured best on
-    CPU), placed first-fit decreasing (longest first, ties in the given order), so the layout is
-    a pure function of the input.
+    With ``share_prefix``, a group's common prefix is stored once and sequence j's remaining
+    tokens follow it as branch j + 1 (a pair: CHOSEN, then REJECTED). Sequences are numbered in
+    the order given: group 0's sequences first, then group 1's, and so on, whatever the layout.
+    A row holds whole groups up to ``budget`` tokens (at least the longest group; 0: twice the
+    mean group capped at ``AUTO_ROW_CAP``, which measured best on CPU), placed first-fit
+    decreasing (longest first, ties in the given order), so the layout is a pure function of
+    the input.
     """
     layouts = []  # per group: tokens, branch ids, per sequence the row offsets of its tokens
     for seqs in groups:
-        if len(seqs) == 2 and share_prefix:
-            (w, l), p = seqs, _common_prefix(seqs[0].input_ids, seqs[1].input_ids)
-            tokens = w.input_ids + l.input_ids[p:]
-            branch = [SHARED] * p + [CHOSEN] * (len(w.input_ids) - p) + [REJECTED] * (len(l.input_ids) - p)
-            maps = [list(range(len(w.input_ids))),
-                    list(range(p)) + list(range(len(w.input_ids), len(tokens)))]
-        else:  # each sequence on its own (a pair without sharing: chosen then rejected, isolated)
-            tokens, branch, maps = [], [], []
-            for j, s in enumerate(seqs):
-                maps.append(list(range(len(tokens), len(tokens) + len(s.input_ids))))
-                tokens += s.input_ids
-                branch += [SHARED if len(seqs) == 1 else CHOSEN + j] * len(s.input_ids)
+        shared = _common_prefix([s.input_ids for s in seqs]) if len(seqs) > 1 and share_prefix else 0
+        tokens, branch, maps = list(seqs[0].input_ids[:shared]), [SHARED] * shared, []
+        for j, s in enumerate(seqs):  # alone, or a group without sharing: each sequence isolated
+            own = SHARED if len(seqs) == 1 else CHOSEN + j
+            maps.append(list(range(shared)) + list(range(len(tokens), len(tokens) + len(s.input_ids) - shared)))
+            tokens += s.input_ids[shared:]
+            branch += [own] * (len(s.input_ids) - shared)
         layouts.append((tokens, branch, maps))
     lengths = [len(t) for t, _, _ in layouts]
     if budget <= 0:  # short groups two to a row (little padding); long ones alone (attention ~ width^2)

@@ -20,13 +20,21 @@ def score(model, tokenizer, prompts: list[str], responses: list[str], max_length
           chat: bool = False, logps: bool = True) -> dict[str, np.ndarray]:
     """Per (prompt, response): ``ntok``, ``logp`` (sum over response tokens; skipped, and the LM
     head never run, with ``logps=False``) and, for a model with a reward head, ``reward``.
-    Batches of ``batch_size`` sequences of similar length, packed without padding.
+    Batches of ``batch_size`` sequences of similar length, packed without padding; the responses
+    to one prompt (a policy's generations at several temperatures) share one copy of it
+    (``packing.pack``): the same values as scoring each alone, to float summation order.
 
     Prompts are cut as in training and generation (``batching.encode``); a response that
     cannot fit ``max_length`` is never cut: its row gets NaN and counts in ``n_too_long``.
     """
-    return _score_groups(model, tokenizer, prompts, [responses], max_length, batch_size, max_prompt_length,
-                         documents, chat, logps)[0]
+    documents = documents if documents is not None else [None] * len(prompts)
+    by_prompt: dict[tuple, list[int]] = {}
+    for i, key in enumerate(zip(prompts, documents)):
+        by_prompt.setdefault(key, []).append(i)
+    out = _score_groups(model, tokenizer, prompts, responses, documents, list(by_prompt.values()), max_length,
+                        batch_size, max_prompt_length, chat, logps, whole=False)
+    del out["prompt_cut"]  # per sequence; n_prompt_cut counts them
+    return out
 
 
 @torch.no_grad()
@@ -36,49 +44,70 @@ def score_pairs(model, tokenizer, prompts: list[str], chosen: list[str], rejecte
     """:func:`score` of the chosen and of the rejected responses, each pair's prompt computed
     once (``packing.pack`` shares it): the same values as two :func:`score` calls, to float
     summation order. A pair either of whose responses cannot fit is NaN on both sides."""
-    return tuple(_score_groups(model, tokenizer, prompts, [chosen, rejected], max_length, batch_size,
-                               max_prompt_length, documents, chat, logps))
+    n = len(prompts)
+    documents = documents if documents is not None else [None] * n
+    flat = _score_groups(model, tokenizer, prompts * 2, list(chosen) + list(rejected), documents * 2,
+                         [[i, n + i] for i in range(n)], max_length, batch_size, max_prompt_length, chat, logps,
+                         whole=True)
+    sides = []
+    for half in (slice(0, n), slice(n, 2 * n)):
+        side = {k: v[half] for k, v in flat.items() if isinstance(v, np.ndarray) and k != "prompt_cut"}
+        side["n_too_long"] = flat["n_too_long"] // 2  # pairs
+        side["n_prompt_cut"] = int(flat["prompt_cut"][half].sum())
+        sides.append(side)
+    return tuple(sides)
 
 
-def _score_groups(model, tokenizer, prompts, sides, max_length, batch_size, max_prompt_length, documents,
-                  chat, logps) -> list[dict]:
-    """One output dict per side; row i of every side forms one group (a pair shares its prompt)."""
+def _score_groups(model, tokenizer, prompts, responses, documents, groups, max_length, batch_size,
+                  max_prompt_length, chat, logps, whole) -> dict:
+    """Scores of sequence i = (prompts[i], responses[i]); the indices in one group of ``groups``
+    share a prompt, packed as one group. A sequence that cannot fit is left out (NaN), with
+    ``whole`` its whole group."""
     model.eval()
     device = next(model.parameters()).device
     rewards = isinstance(model, LMWithRewardHead)
     run = as_packed_forward(model)
-    documents = documents if documents is not None else [None] * len(prompts)
-    enc, kept = [], []
-    for i, (p, d) in enumerate(zip(prompts, documents)):
-        try:
-            enc.append([encode(tokenizer, p, side[i], max_length, max_prompt_length=max_prompt_length,
-                               document=d, chat=chat) for side in sides])
-            kept.append(i)
-        except TooLong:
-            pass
-    n = len(prompts)
-    outs = []
-    for k in range(len(sides)):
-        out = {"ntok": np.zeros(n, dtype=np.int64), "n_too_long": n - len(kept),
-               "n_prompt_cut": sum(g[k].prompt_cut > 0 for g in enc)}
-        if logps:
-            out["logp"] = np.full(n, np.nan)
-        if rewards:
-            out["reward"] = np.full(n, np.nan)
-        outs.append(out)
-    kept = np.asarray(kept, dtype=np.int64)
-    order = np.argsort([sum(len(e.input_ids) for e in g) for g in enc], kind="stable")
-    step = max(1, batch_size // len(sides))  # batch_size counts sequences
-    for lo in range(0, len(enc), step):
-        local = order[lo:lo + step]
-        idx = kept[local]
-        packed = pack([enc[i] for i in local], tokenizer.pad_token_id).to(device)
+    encoded = []  # (indices, their encodings) per group that is scored
+    for group in groups:
+        kept, enc = [], []
+        for i in group:
+            try:
+                enc.append(encode(tokenizer, prompts[i], responses[i], max_length,
+                                  max_prompt_length=max_prompt_length, document=documents[i], chat=chat))
+                kept.append(i)
+            except TooLong:
+                pass
+        if kept and not (whole and len(kept) < len(group)):
+            encoded.append((kept, enc))
+    n = len(responses)
+    out = {"ntok": np.zeros(n, dtype=np.int64), "prompt_cut": np.zeros(n, dtype=bool),
+           "n_too_long": n - sum(len(kept) for kept, _ in encoded)}
+    if logps:
+        out["logp"] = np.full(n, np.nan)
+    if rewards:
+        out["reward"] = np.full(n, np.nan)
+
+    def flush(batch):
+        idx = [i for g in batch for i in encoded[g][0]]  # sequences are numbered group by group
+        packed = pack([encoded[g][1] for g in batch], tokenizer.pad_token_id).to(device)
         logp, reward = run(packed, logps=logps, rewards=rewards)
-        for k, out in enumerate(outs):  # sequences are numbered group by group: side k is every len(sides)-th
-            pick = slice(k, None, len(sides))
-            out["ntok"][idx] = packed.ntok[pick].cpu().numpy()
-            if logps:
-                out["logp"][idx] = logp[pick].cpu().numpy()
-            if rewards:
-                out["reward"][idx] = reward[pick].float().cpu().numpy()
-    return outs
+        out["ntok"][idx] = packed.ntok.cpu().numpy()
+        out["prompt_cut"][idx] = [e.prompt_cut > 0 for g in batch for e in encoded[g][1]]
+        if logps:
+            out["logp"][idx] = logp.cpu().numpy()
+        if rewards:
+            out["reward"][idx] = reward.float().cpu().numpy()
+
+    # batches of at most batch_size sequences (a larger group alone), groups of similar length together
+    order = np.argsort([sum(len(e.input_ids) for e in enc) for _, enc in encoded], kind="stable")
+    batch, count = [], 0
+    for g in order:
+        if batch and count + len(encoded[g][0]) > batch_size:
+            flush(batch)
+            batch, count = [], 0
+        batch.append(g)
+        count += len(encoded[g][0])
+    if batch:
+        flush(batch)
+    out["n_prompt_cut"] = int(out["prompt_cut"].sum())
+    return out

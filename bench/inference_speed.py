@@ -1,7 +1,13 @@
 """Inference throughput on one process: generation tokens/s (``drdo.generation.generate``) and
 scoring tokens/s (``drdo.scoring.score``: packed, response-only LM head; reward-only without
-the LM head) against the padded path it replaced (one padded row per sequence, logits at every
-position). Interleaved repeats; prints one JSON line per measurement and a summary.
+the LM head) against the paths they replaced: Hugging Face ``generate`` once per temperature
+(the prompt's forward pass repeated for each), and one padded row per sequence with logits at
+every position; and a policy's responses at several temperatures scored with their prompt once
+(``pack`` groups) against each alone. Interleaved repeats; prints one JSON line per measurement
+and a summary.
+
+Runs with the CPU allocator settings the jobs get from ``drdo.launch`` (``--malloc glibc``: the
+C library's defaults, to measure what those settings are worth).
 
     PYTHONPATH=workflow python bench/inference_speed.py --model-dir DIR --data DIR/data.json
 
@@ -13,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import sys
 import time
 
 import numpy as np
@@ -22,6 +30,7 @@ import torch
 
 from drdo.batching import Encoded, pad_batch
 from drdo.generation import generate
+from drdo.launch import CPU_MALLOC
 from drdo.modeling import LMWithRewardHead, load_causal_lm, load_tokenizer, response_logps
 from drdo.packing import PackedForward, pack
 
@@ -52,6 +61,37 @@ def packed_score(model, seqs, pad_id, batch_size, logps: bool, rewards: bool):
         run(pack([[seqs[i]] for i in order[lo:lo + batch_size]], pad_id), logps=logps, rewards=rewards)
 
 
+@torch.no_grad()
+def hf_generate(model, prompts: list[list[int]], temperatures, top_p, max_new_tokens, batch_size, pad_id, eos_id):
+    """The replaced path: ``generate`` per temperature and batch of prompts, reseeded per
+    temperature; returns the number of sampled tokens (EOS included)."""
+    model.config.use_cache = True
+    n = 0
+    for temperature in temperatures:
+        torch.manual_seed(0)
+        for lo in range(0, len(prompts), batch_size):
+            chunk = prompts[lo:lo + batch_size]
+            width = max(map(len, chunk))
+            ids = torch.tensor([[pad_id] * (width - len(c)) + c for c in chunk])
+            attn = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in chunk])
+            out = model.generate(input_ids=ids, attention_mask=attn, do_sample=True, temperature=temperature,
+                                 top_p=top_p, top_k=0, max_new_tokens=max_new_tokens, pad_token_id=pad_id,
+                                 eos_token_id=eos_id)[:, width:].tolist()
+            n += sum(row.index(eos_id) + 1 if eos_id in row else len(row) for row in out)
+    model.config.use_cache = False
+    return n
+
+
+@torch.no_grad()
+def grouped_score(model, groups, pad_id, batch_size, share: bool):
+    """A policy's k responses to each prompt: one packed group per prompt (shared), or k singles."""
+    run = PackedForward(model)
+    per_batch = max(1, batch_size // len(groups[0]))
+    for lo in range(0, len(groups), per_batch):
+        chunk = groups[lo:lo + per_batch]
+        run(pack(chunk if share else [[s] for g in chunk for s in g], pad_id), logps=False, rewards=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model-dir", required=True)
@@ -61,8 +101,15 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--temperatures", default="0.2,0.5,0.7,0.9", help="the default's generate.temperatures")
+    ap.add_argument("--malloc", choices=("launcher", "glibc"), default="launcher")
     args = ap.parse_args()
+    want = CPU_MALLOC if args.malloc == "launcher" else {}
+    if any(os.environ.get(k) != want.get(k) for k in CPU_MALLOC):  # glibc reads them at start: run again
+        env = {k: v for k, v in os.environ.items() if k not in CPU_MALLOC} | want
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
     torch.set_num_threads(args.threads)
+    temperatures = [float(t) for t in args.temperatures.split(",")]
     tok = load_tokenizer(args.model_dir)
     model = LMWithRewardHead(load_causal_lm(args.model_dir)).eval()
     pairs = json.loads(open(args.data).read())["pairs"][:args.n]
@@ -72,6 +119,11 @@ def main() -> None:
     prompts = pd.DataFrame({"eval_set": "bench", "prompt_id": range(len(pairs)),
                             "prompt": [tok.decode(p["prompt_ids"][1:]) for p in pairs]})
     pad = tok.pad_token_id
+    # k = len(temperatures) responses per prompt (each pair's chosen and rejected, alternately), as a policy's generations
+    groups = [[Encoded(p["prompt_ids"] + p[("chosen_ids", "rejected_ids")[j % 2]],
+                       [0] * len(p["prompt_ids"]) + [1] * len(p[("chosen_ids", "rejected_ids")[j % 2]]))
+               for j in range(len(temperatures))] for p in pairs]
+    group_tokens = sum(len(s.input_ids) for g in groups for s in g)
     cases = {
         "score_padded_logp_reward": lambda: padded_score(model, seqs, pad, args.batch, True),
         "score_packed_logp_reward": lambda: packed_score(model, seqs, pad, args.batch, True, True),
@@ -79,26 +131,38 @@ def main() -> None:
         "score_packed_logp": lambda: packed_score(model, seqs, pad, args.batch, True, False),
         "score_packed_reward_only": lambda: packed_score(model, seqs, pad, args.batch, False, True),
     }
-    results = {k: [] for k in [*cases, "generate"]}
+    grouped = {"score_grouped_by_prompt": lambda: grouped_score(model, groups, pad, args.batch, True),
+               "score_each_response_alone": lambda: grouped_score(model, groups, pad, args.batch, False)}
+    encoded_prompts = [p["prompt_ids"] for p in pairs]
+    results = {k: [] for k in [*cases, *grouped, "generate", "generate_hf_per_temperature"]}
     for rep in range(args.repeats):
-        for name, fn in cases.items():
+        for name, fn in [*cases.items(), *grouped.items()]:
             _, wall, cpu = _timed(fn)
-            results[name].append((tokens / wall, tokens / cpu))
-            print(json.dumps({"case": name, "repeat": rep, "tokens_per_s": tokens / wall,
-                              "tokens_per_cpu_s": tokens / cpu}), flush=True)
-        gen, wall, cpu = _timed(lambda: generate(model.lm, tok, prompts, [0.7], 0.8, args.max_new_tokens, 10**6,
-                                                 args.batch, 0))
+            n = tokens if name in cases else group_tokens
+            results[name].append((n / wall, n / cpu))
+            print(json.dumps({"case": name, "repeat": rep, "tokens_per_s": n / wall,
+                              "tokens_per_cpu_s": n / cpu}), flush=True)
+        gen, wall, cpu = _timed(lambda: generate(model.lm, tok, prompts, temperatures, 0.8, args.max_new_tokens,
+                                                 10**6, args.batch, 0))
         n = int(gen["n_tokens"].sum() + gen["finished"].sum())  # sampled tokens, EOS included
         results["generate"].append((n / wall, n / cpu))
         print(json.dumps({"case": "generate", "repeat": rep, "new_tokens": n, "tokens_per_s": n / wall,
                           "tokens_per_cpu_s": n / cpu}), flush=True)
+        # the replaced path at its own default: batches of --batch prompts, each temperature in turn
+        n, wall, cpu = _timed(lambda: hf_generate(model.lm, encoded_prompts, temperatures, 0.8, args.max_new_tokens,
+                                                  args.batch, pad, tok.eos_token_id))
+        results["generate_hf_per_temperature"].append((n / wall, n / cpu))
+        print(json.dumps({"case": "generate_hf_per_temperature", "repeat": rep, "new_tokens": n,
+                          "tokens_per_s": n / wall, "tokens_per_cpu_s": n / cpu}), flush=True)
     summary = {k: {"tokens_per_s_median": statistics.median(x for x, _ in v),
                    "tokens_per_cpu_s_median": statistics.median(y for _, y in v)} for k, v in results.items()}
     for a, b in (("score_packed_logp_reward", "score_padded_logp_reward"), ("score_packed_logp", "score_padded_logp"),
-                 ("score_packed_reward_only", "score_padded_logp_reward")):
+                 ("score_packed_reward_only", "score_padded_logp_reward"),
+                 ("score_grouped_by_prompt", "score_each_response_alone"), ("generate", "generate_hf_per_temperature")):
         summary[f"{a}/{b}"] = {m: summary[a][m] / summary[b][m]
                                for m in ("tokens_per_s_median", "tokens_per_cpu_s_median")}
-    print(json.dumps({"summary": summary, "threads": args.threads, "sequences": len(seqs), "tokens": tokens}))
+    print(json.dumps({"summary": summary, "threads": args.threads, "malloc": args.malloc, "temperatures": temperatures,
+                      "sequences": len(seqs), "tokens": tokens}))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,9 @@ import pandas as pd
 from . import gguf, gold, io
 from .data import loaders, splits
 from .winrates import judge_table, winrate_table
+
+if TYPE_CHECKING:
+    from .trainer import Example
 
 # torch, transformers and the modules that import them are imported by the stages that use them:
 # every job pays the ~3 s import, and the data and aggregation stages need neither.

@@ -1,6 +1,8 @@
 """Stage entry points (python -m drdo ...) on fixture files in the real datasets' schemas."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -74,3 +76,14 @@ def test_outputs_record_the_lineage_they_were_made_under(tmp_path):
     main(["--lineage", "abc123", "gold-table", "--params", json.dumps({"gold": gold}),
           "--pairs", str(tmp_path / "pairs.parquet"), "--out", str(out)])
     assert io.read_provenance(out)["lineage"] == "abc123"
+
+
+def test_preload_imports_each_torch_stage_stack_and_freezes_it():
+    # A fresh interpreter, as a job's own: preload must import what each stage names (a wrong
+    # module name fails here) and leave the GC on with the imported objects frozen.
+    code = ("import gc, sys\n"
+            "from drdo.cli import TORCH_STAGES, preload\n"
+            "for stage in TORCH_STAGES: preload(stage)\n"
+            "assert {'drdo.trainer', 'drdo.generation', 'drdo.scoring', 'accelerate', 'transformers'} <= set(sys.modules)\n"
+            "assert gc.isenabled() and gc.get_freeze_count() > 100_000, gc.get_freeze_count()\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

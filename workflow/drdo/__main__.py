@@ -4,7 +4,7 @@ import sys
 
 from .cli import main
 
-code = main()
+code = main(fresh_process=True)
 if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
     # Every output is written and renamed into place by now, so skip the interpreter's teardown:
     # freeing torch's and transformers' modules takes ~1 s, and every job would pay it. (Ranks of

@@ -162,6 +162,37 @@ def _run_drdo(work: Path, data: dict, args, objective_name: str) -> tuple[list[f
     return [h["loss"] for h in history], stamps
 
 
+class _ExactLogProb:
+    """Stands in for TRL's tiled log-prob kernel (``--trl-head exact``): the same per-token outputs,
+    from full logits in the model's dtype. TRL's kernel keeps its running max and sum in float32
+    whatever the input dtype, so in a float64 check it alone would be rounded to float32; with
+    this head the rest of TRL's DPO loss (masks, sums, sigmoid) runs unchanged on exact log-probs."""
+
+    @staticmethod
+    def apply(hidden, weight, bias, targets, temperature, chunk_size, softcap=None, logit_scale=1.0, outputs=()):
+        import torch
+        import torch.nn.functional as F
+
+        logits = F.linear(hidden, weight, bias)
+        if logit_scale != 1.0:
+            logits = logits * logit_scale
+        if softcap is not None:
+            logits = softcap * torch.tanh(logits / softcap)
+        if temperature != 1.0:
+            logits = logits / temperature
+        with torch.no_grad():  # what TRL only logs: no graph, and no second [tokens, vocab] tensor kept
+            mean = logits.mean(-1) if "mean_logits" in outputs else None
+            top1 = logits.argmax(-1) == targets if "is_top1" in outputs else None
+        logp = logits.log_softmax(-1)
+        del logits
+        token = logp.gather(-1, targets[:, None]).squeeze(-1)
+        with torch.no_grad():
+            rows = logp.detach().split(256)
+            entropy = torch.cat([-(r.exp() * r).sum(-1) for r in rows]) if "entropy" in outputs else None
+            sum_sq = torch.cat([torch.logsumexp(2 * r, -1) for r in rows]) if "log_sum_sq_probs" in outputs else None
+        return token, entropy, sum_sq, mean, top1
+
+
 def _run_trl(work: Path, data: dict, args) -> tuple[list[float], list[float]]:
     import torch
     from datasets import Dataset
@@ -172,6 +203,10 @@ def _run_trl(work: Path, data: dict, args) -> tuple[list[float], list[float]]:
     from drdo.modeling import load_causal_lm, load_tokenizer
     from drdo.trainer import _sample_order
 
+    if args.trl_head == "exact":
+        import trl.trainer.utils
+
+        trl.trainer.utils._ChunkedLogProbFunction = _ExactLogProb  # looked up by the fused head at each call
     n = len(data["pairs"])
     order = _sample_order(n, args.steps * args.batch, 0)  # the project's trainer's sample order
     ds = Dataset.from_list([data["pairs"][i] for i in order])
@@ -250,6 +285,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                     help="float64: the loss-equality check without fp32 rounding (both trainers, reference log-probs)")
+    ap.add_argument("--trl-head", choices=("kernel", "exact"), default="kernel",
+                    help="exact: TRL's tiled float32-accumulating log-prob kernel replaced by full logits in the "
+                         "model's dtype (with --dtype float64: TRL's loss definition without any float32 rounding)")
     ap.add_argument("--checkpointing", action="store_true",
                     help="gradient (activation) checkpointing in both trainers: memory for recompute")
     ap.add_argument("--runners", default="drdo,trl,drdo-drdo")
@@ -271,14 +309,14 @@ def main() -> None:
         for r in (runners if rep % 2 == 0 else runners[::-1]):  # interleaved, alternating order
             cmd = [sys.executable, __file__, "--runner", r, "--work", str(work), "--batch", str(args.batch),
                    "--steps", str(args.steps), "--lr", str(args.lr), "--threads", str(args.threads),
-                   "--dtype", args.dtype] + (["--checkpointing"] if args.checkpointing else [])
+                   "--dtype", args.dtype, "--trl-head", args.trl_head] + (["--checkpointing"] if args.checkpointing else [])
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if proc.returncode:
                 sys.exit(f"{r} failed:\n{proc.stderr[-4000:]}")
             res = json.loads(proc.stdout.strip().splitlines()[-1])
             results[r].append(res)
             print(json.dumps({"model": args.model, "repeat": rep, **res}), flush=True)
-    summary = {"model": args.model, "dtype": args.dtype, "checkpointing": args.checkpointing,
+    summary = {"model": args.model, "dtype": args.dtype, "trl_head": args.trl_head, "checkpointing": args.checkpointing,
                "batch_pairs": args.batch, "steps": args.steps,
                "repeats": args.repeats,
                "threads": args.threads}

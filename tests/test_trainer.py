@@ -221,3 +221,17 @@ def test_bf16_keeps_fp32_master_weights_and_optimizer_states(tok, pairs):
     history = train(model, pairs, objectives.build("drdo", DRDO_PARAMS), cfg, tok.pad_token_id)
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert len(history) == 2 and all(torch.isfinite(torch.tensor(h["loss"])) for h in history)
+
+
+def test_float64_run_logs_unrounded_losses(tok, pairs):
+    # bench/dpo_vs_trl.py --dtype float64 compares losses below float32's resolution
+    torch.set_default_dtype(torch.float64)
+    try:
+        model = _student(tok).to(torch.float64)
+        history = train(model, pairs, objectives.build("drdo", DRDO_PARAMS), dataclasses.replace(CFG, max_steps=2),
+                        tok.pad_token_id)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    for h in history:
+        for k in ("loss", "distill", "logp_chosen"):
+            assert h[k] != float(torch.tensor(h[k], dtype=torch.float32)), (k, h[k])

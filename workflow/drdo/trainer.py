@@ -260,7 +260,8 @@ def train(model, examples: list[Example], objective: Objective, cfg: TrainConfig
                 sched.step()
                 opt.zero_grad(set_to_none=True)
             for k, v in {"loss": loss, **terms}.items():
-                sums[k] += torch.as_tensor(v, device=acc.device).detach().float() / cfg.grad_accum
+                # logged in the default dtype: float32, or unrounded in a float64 run (the TRL check)
+                sums[k] += torch.as_tensor(v, device=acc.device).detach().to(torch.get_default_dtype()) / cfg.grad_accum
             if objective.paired:
                 sums["logp_chosen"] += out["logp_w"].detach().mean() / cfg.grad_accum
                 sums["logp_rejected"] += out["logp_l"].detach().mean() / cfg.grad_accum

@@ -4,6 +4,9 @@ optimizer, checked for equal losses first; then interleaved runs, each in a fres
     pip install -e '.[bench]'   # TRL, for this benchmark only
     PYTHONPATH=workflow python bench/dpo_vs_trl.py --model tiny --batch 32 --steps 6 --repeats 3
     PYTHONPATH=workflow python bench/dpo_vs_trl.py --model smollm2 --batch 4 --steps 4 --repeats 2
+    # the loss-equality check without float32 rounding, TRL's log-prob kernel made exact too:
+    PYTHONPATH=workflow python bench/dpo_vs_trl.py --model smollm2 --batch 4 --steps 3 --repeats 1 \
+        --runners drdo,trl --dtype float64 --trl-head exact
 
 Models: ``tiny`` is the embedded default's base model (config/config.yaml's ``model`` section, a
 tokenizer trained on the synthetic corpus); ``smollm2`` is SmolLM2-135M-Instruct from the GGUF

@@ -450,7 +450,7 @@ def preload(stage: str) -> None:
     """Import a torch stage's modules with Python's cyclic GC paused, then freeze what they made.
 
     For a job's own process only (``python -m drdo``): torch, transformers and accelerate create
-    about half a million objects while importing, and the collections they trigger find nothing to
+    300,000-600,000 objects while importing, and the collections they trigger find nothing to
     free. The collector took 1.0-1.5 s of each align, generate and score job before (dev machine,
     ``gc.callbacks``). Frozen, the imported objects are also skipped by every later collection; the
     GC itself runs as usual for the job's work.

@@ -1,5 +1,6 @@
 """End-to-end: the whole Snakemake DAG on a small config, in a temporary directory."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -108,6 +109,24 @@ def test_second_run_does_nothing(workdir):
     # the same through the local profile
     profile = str(REPO / "workflow" / "profiles" / "local")
     assert planned_jobs(snakemake(workdir, "-n", f"--profile={profile}", f"{OUT}/winrates.csv")) == {}
+
+
+def test_sft_schedule_bench_reproduces_the_run_and_applies_overrides(workdir):
+    """bench/sft_schedules.py: '{}' retrains the run's own SFT policy (same generations, same
+    scores), and an override changes the model."""
+    run = workdir / OUT
+    env = {**os.environ, "PYTHONPATH": str(REPO / "workflow"), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "sft_schedules.py"), "--run", str(run),
+                           "--temperature", "0.9", "{}", '{"max_steps": 1}'],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    own, short = [json.loads(line) for line in proc.stdout.splitlines()]
+    gens, scores = io.read_parquet(run / "generations" / "sft.parquet"), io.read_parquet(run / "scores" / "sft.parquet")
+    assert own["eos"] == round(float(gens["finished"].mean()), 3)
+    at_t = scores[scores["temperature"] == 0.9].groupby("eval_set")["gold"].mean()
+    assert {k: own[f"gold_{k}"] for k in at_t.index} == {k: round(float(v), 3) for k, v in at_t.items()}
+    assert short["schedule"] == '{"max_steps": 1}' and short["nll_tldr"] != own["nll_tldr"]
+    assert all(r["nll_tldr"] > 0 and r["nll_news"] > 0 for r in (own, short))
 
 
 def test_gamma_change_reruns_only_drdo(workdir):

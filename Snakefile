@@ -30,17 +30,6 @@ include: "workflow/rules/report.smk"
 include: "workflow/rules/figures.smk"
 
 
-# Seconds of CPU on small tables: never worth a cluster submission.
-localrules:
-    synthetic_world,
-    normalise,
-    split,
-    gold_table,
-    winrates,
-    validation_report,
-    figures,
-
-
 rule all:
     input:
         f"{OUT}/winrates.csv",

@@ -107,8 +107,10 @@ def assert_went_through_sbatch(rule: str, jobid: str, slurm_log: Path) -> dict[s
 def test_jobs_went_through_sbatch(slurm_run):
     wd, proc = slurm_run
     jobs = submitted(proc)
-    # the tiny rules may run locally (localrules); every torch stage must have been submitted
+    # every torch stage went through sbatch, and no rule marked `localrule: True` did
     assert {"sft", "reference_table", "align"} <= set(jobs), jobs
+    assert not {"synthetic_world", "normalise", "split"} & set(jobs), jobs
+    assert "localrule synthetic_world:" in proc.stdout + proc.stderr  # ran, here
     for rule, runs in jobs.items():
         for jobid, slurm_log in runs:
             job = assert_went_through_sbatch(rule, jobid, slurm_log)

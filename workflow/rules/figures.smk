@@ -71,6 +71,7 @@ rule length_distribution:
 
 
 rule figures:
+    localrule: True
     input:
         expand(f"{OUT}/figures/curves_{{group}}.png", group=CURVE_GROUPS),
         expand(f"{OUT}/figures/forest_{{scorer}}.png", scorer=config["winrates"]["scorers"]),

@@ -1,4 +1,5 @@
 rule normalise:
+    localrule: True
     input:
         unpack(raw_inputs),
     output:

@@ -1,4 +1,5 @@
 rule validation_report:
+    localrule: True
     input:
         models=[f"{UP}/models/oracle"]
         + expand(f"{UP}/models/rm{{member}}", member=MEMBERS)

@@ -1,4 +1,5 @@
 rule split:
+    localrule: True
     input:
         pairs=f"{UP}/data/pairs.parquet",
         base=f"{UP}/models/base",

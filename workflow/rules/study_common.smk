@@ -121,12 +121,10 @@ WORLD_RULES = ["synthetic_world", "normalise", "base_model", "oracle_base", "spl
                "oracle_table", "ensemble_table", "gold_table", "reference_table", "generate",
                "score_policy", "score_reference"]
 RUN_RULES = ["align", "generate", "score_policy"]
-LOCAL = {"synthetic_world", "normalise", "split", "gold_table"}
 for i, world in enumerate(WORLDS.values()):
     world["prefix"] = f"w{i}_"
     workflow.module(name=f"world{i}", snakefile=SNAKEFILE, config=world["config"])
     workflow.userule(rules=WORLD_RULES, from_module=f"world{i}", name_modifier=f"w{i}_*")(lambda: None)
-    workflow.localrules(*(f"w{i}_{r}" for r in LOCAL))
 # The first run (the baseline of the first seeds, which trains every method) also gets the
 # main workflow's win-rate table, validation table and figures, for the study's report.
 REPORT_RULES = ["winrates", "validation_report", "training_curves", "winrate_forest", "length_distribution"]
@@ -135,7 +133,6 @@ for i, run in enumerate(r for r in RUNS if r["owned"]):
     workflow.module(name=f"run{i}", snakefile=SNAKEFILE, config=run["config"])
     rules = RUN_RULES + (REPORT_RULES if i == 0 else [])
     workflow.userule(rules=rules, from_module=f"run{i}", name_modifier=f"r{i}_*")(lambda: None)
-    workflow.localrules(*(f"r{i}_{r}" for r in ("winrates", "validation_report") if i == 0))
 FIRST = RUNS[0]["dir"]
 RUN_REPORT = [f"{FIRST}/winrates.csv", f"{FIRST}/validation.csv", f"{FIRST}/figures/lengths.png"] + [
     f"{FIRST}/figures/curves_{g}.png" for g in SPLITS + ["world"]] + [

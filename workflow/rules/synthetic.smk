@@ -1,4 +1,5 @@
 rule synthetic_world:
+    localrule: True
     output:
         comparisons=f"{UP}/raw/comparisons.jsonl",
         sft_train=f"{UP}/raw/sft_train.jsonl",

@@ -50,6 +50,7 @@ rule ensemble_table:
 
 
 rule gold_table:
+    localrule: True
     input:
         pairs=TABLE_PAIRS,
     output:

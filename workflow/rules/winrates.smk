@@ -1,4 +1,5 @@
 rule winrates:
+    localrule: True
     input:
         scores=[f"{run_dir(p)}/scores/{p}.parquet" for p in POLICIES + ["reference"]],
         **({"judge": JUDGE_VERDICTS} if JUDGE_ON else {}),

@@ -28,6 +28,8 @@ include: "workflow/rules/judge.smk"
 include: "workflow/rules/winrates.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/figures.smk"
+# Rules of seconds of CPU on small tables carry `localrule: True`: never worth a cluster submission
+# (a rule property, unlike a `localrules:` list, follows the rule into a study's module instances).
 
 
 rule all:

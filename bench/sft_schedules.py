@@ -56,7 +56,7 @@ def heldout_nll(model_dir: Path, prompts: Path, params: dict) -> dict[str, float
 
 
 def measure(run: Path, overrides: dict, work: Path, sft_threads: int, threads: int, temperature: float) -> dict:
-    params = {**json.loads((run / "models/sft/manifest.json").read_text())["config"], **overrides}
+    params = {**io.read_provenance(run / "models/sft")["config"], **overrides}
     gen_params = io.read_provenance(run / "generations/sft.parquet")["config"]
     score_params = io.read_provenance(run / "scores/sft.parquet")["config"]
     prompts = run / "data/eval_prompts.parquet"

@@ -42,3 +42,18 @@ def cmd_x(a, score=None):
     # `train`, `score` and `inner` are the function's own; `generate` and `evaluate` are read from
     # outside; a comprehension's variable (`io`) is counted, on the safe side (an extra rerun)
     assert codedeps._free_names(fn) == {"generate", "evaluate", "io"}
+
+
+def test_function_sources_are_exactly_what_ast_get_source_segment_gives():
+    # The stage hash covers these sources: a different slicing would re-run every stage.
+    cli_source = (codedeps.PKG / "cli.py").read_text()
+    tricky = ("def one(): return 'é'  # trailing comment\n"
+              "def two(a,\r\n        b):\r\n    return a \\\n        + b  # after\r\n"
+              "def three():\r    x = '\x0c'\r    return x\n"
+              "async def four():\n    pass")
+    for source in (cli_source, tricky):
+        lines = codedeps._source_lines(source)
+        nodes = ast.parse(source).body
+        assert len(nodes) > 3
+        for node in nodes:
+            assert codedeps._segment(lines, node) == ast.get_source_segment(source, node)

@@ -39,7 +39,7 @@ rule study_table:
         runs=json.dumps(MANIFEST, sort_keys=True),
         cfg=json.dumps(STUDY_PARAMS, sort_keys=True),
         expect=lambda wildcards: json.dumps(_score_lineages(), sort_keys=True),
-        code=_code("study"),
+        code=code("study"),
     log:
         f"{ROOT}/logs/study_table.log",
     conda:
@@ -61,7 +61,7 @@ rule study_figures:
         ),
     params:
         temperature=STUDY_TEMPERATURE,
-        code=_code("plots"),
+        code=code("plots"),
     log:
         f"{ROOT}/logs/study_figures_{{scorer}}.log",
     conda:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -70,13 +71,16 @@ def _closure(modules: set[Path]) -> set[Path]:
     return seen
 
 
-def _cli_parts(command: str) -> tuple[list[str], set[Path]]:
-    """Sources of ``command`` and the cli.py functions it calls; the modules their names refer to."""
+@lru_cache(maxsize=None)
+def _cli() -> tuple[dict[str, str], dict[str, ast.FunctionDef], dict[str, Path]]:
+    """cli.py parsed once: each top-level function's source and node, and the module file each
+    name bound by a relative import comes from."""
     cli = PKG / "cli.py"
     source = cli.read_text()
     tree = ast.parse(source)
+    lines = _source_lines(source)
     functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
-    imported = {}  # name bound by an import in cli.py -> the module file it comes from
+    imported = {}
     for node in tree.body:
         if isinstance(node, ast.ImportFrom) and node.level:
             base = _resolve(cli, node.level, node.module)
@@ -84,6 +88,31 @@ def _cli_parts(command: str) -> tuple[list[str], set[Path]]:
                 f = _as_file(base / alias.name) or _as_file(base)
                 if f:
                     imported[alias.asname or alias.name] = f
+    return {name: _segment(lines, fn) for name, fn in functions.items()}, functions, imported
+
+
+def _source_lines(source: str) -> list[str]:
+    """Lines with their ends, split where ``ast.get_source_segment`` splits (at \\r\\n, \\r, \\n only)."""
+    return re.findall(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z", source)
+
+
+def _segment(lines: list[str], node: ast.AST) -> str:
+    """``ast.get_source_segment(source, node)`` from the source's lines: that function splits the
+    whole source anew, in Python, on every call (seconds per Snakemake start with a study's
+    module instances). Offsets are in UTF-8 bytes, as the AST's are."""
+    first, last = node.lineno - 1, node.end_lineno - 1
+    if first == last:
+        return lines[first].encode()[node.col_offset:node.end_col_offset].decode()
+    head = lines[first].encode()[node.col_offset:].decode()
+    tail = lines[last].encode()[:node.end_col_offset].decode()
+    return "".join([head, *lines[first + 1:last], tail])
+
+
+@lru_cache(maxsize=None)
+def _cli_parts(command: str) -> tuple[tuple[str, ...], frozenset[Path]]:
+    """Sources of ``command`` and the cli.py functions it calls; the modules their names refer to."""
+    cli = PKG / "cli.py"
+    segments, functions, imported = _cli()
     if command not in functions:
         raise KeyError(f"cli.py has no function {command!r}")
     sources, modules, todo, seen = [], set(), [command], set()
@@ -92,7 +121,7 @@ def _cli_parts(command: str) -> tuple[list[str], set[Path]]:
         if name in seen:
             continue
         seen.add(name)
-        sources.append(ast.get_source_segment(source, functions[name]))
+        sources.append(segments[name])
         for node in ast.walk(functions[name]):
             if isinstance(node, ast.ImportFrom) and node.level:  # a lazy import inside the function
                 base = _resolve(cli, node.level, node.module)
@@ -102,7 +131,7 @@ def _cli_parts(command: str) -> tuple[list[str], set[Path]]:
                 todo.append(name_id)
             elif name_id in imported:
                 modules.add(imported[name_id])
-    return sorted(sources), modules
+    return tuple(sorted(sources)), frozenset(modules)
 
 
 def _free_names(fn: ast.FunctionDef) -> set[str]:

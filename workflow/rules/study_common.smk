@@ -167,10 +167,4 @@ STUDY_TEMPERATURE = STUDY.get("figure_temperature", 0.7)
 STUDY_FIGURES = BASE["winrates"]["scorers"] + (["disagreement"] if {"oracle", "gold"} <= set(BASE["winrates"]["scorers"]) else [])
 
 
-def _code(stage):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("drdo_codedeps_study", os.path.join(REPO, "workflow", "drdo", "codedeps.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.stage_hash(stage)
+include: "code.smk"

@@ -80,7 +80,7 @@ def _cli() -> tuple[dict[str, str], dict[str, ast.FunctionDef], dict[str, Path]]
     tree = ast.parse(source)
     lines = _source_lines(source)
     functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
-    imported = {}
+    imported = {}  # name bound by an import in cli.py -> the module file it comes from
     for node in tree.body:
         if isinstance(node, ast.ImportFrom) and node.level:
             base = _resolve(cli, node.level, node.module)

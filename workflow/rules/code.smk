@@ -15,6 +15,7 @@ def _codedeps():
         spec = importlib.util.spec_from_file_location(name, path)
         loaded = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(loaded)
+        loaded.parsed_by = workflow  # held, so its id is not reused by a later parse's workflow
         sys.modules[name] = loaded
     return sys.modules[name]
 

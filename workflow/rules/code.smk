@@ -1,16 +1,19 @@
-# code(stage): a hash of the package files a stage runs (workflow/drdo/codedeps.py), for job params.
-# codedeps is loaded by path, from the tree this Snakefile sits in (not an installed drdo), and
+# Helper modules of this tree (workflow/drdo/*.py, no torch), for the Snakefiles:
+#   code(stage): a hash of the package files a stage runs (codedeps.py), for job params;
+#   check_schema(data, schema): the config / study schema check (configschema.py).
+# They are loaded by path, from the tree this Snakefile sits in (not an installed drdo), and
 # once per workflow parse: a study's 125 module instances (one `workflow` object) each include this
-# file, and hashing the stages anew in each took most of the study's parse. Keyed by the workflow
-# too, so a process that parses the workflow again (the Python API) hashes the code as it is then.
+# file, and hashing the stages or reading the schema anew in each took most of the study's parse.
+# Keyed by the workflow too, so a process that parses the workflow again (the Python API) sees the
+# files as they are then.
 import importlib.util
 import os
 import sys
 
 
-def _codedeps():
-    path = os.path.join(REPO, "workflow", "drdo", "codedeps.py")
-    name = f"drdo_codedeps:{path}:{id(workflow)}"
+def tree_module(stem):
+    path = os.path.join(REPO, "workflow", "drdo", f"{stem}.py")
+    name = f"drdo_{stem}:{path}:{id(workflow)}"
     if name not in sys.modules:
         spec = importlib.util.spec_from_file_location(name, path)
         loaded = importlib.util.module_from_spec(spec)
@@ -21,4 +24,10 @@ def _codedeps():
 
 
 def code(stage):
-    return _codedeps().stage_hash(stage)
+    return tree_module("codedeps").stage_hash(stage)
+
+
+def check_schema(data, schema):
+    """Stop before any job if ``data`` does not match ``schema`` (a file of workflow/schemas/);
+    the error names the key."""
+    return tree_module("configschema").validate(data, os.path.join(REPO, "workflow", "schemas", schema))

@@ -6,17 +6,21 @@ import shlex
 from pathlib import Path
 
 import yaml
-from snakemake.utils import update_config, validate
+from snakemake.utils import update_config
 
 
 # The repository root, from this file's place in it (not the main Snakefile's: a study includes
 # this workflow as a module from workflow/study.smk).
 REPO = str(Path(str(workflow.current_basedir)).parents[1])
 
+
+include: "code.smk"
+
+
 # A user config (--configfile / --config) only needs the keys it changes: start from the
 # embedded default wherever the workflow is run from.
-# PyYAML's C parser where it has one: a study's 125 module instances each read this file and the
-# schema (judge_guard.smk); the pure-Python parser took 10x as long.
+# PyYAML's C parser where it has one: a study's 125 module instances each read this file; the
+# pure-Python parser took 10x as long.
 SAFE_YAML = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _merged = yaml.load((Path(REPO) / "config" / "config.yaml").read_text(), Loader=SAFE_YAML)
 update_config(_merged, config)
@@ -27,7 +31,7 @@ include: "judge_guard.smk"
 
 
 # Stop before any job if the config does not match the schema (the error names the key).
-validate(config, schema="../schemas/config.schema.yaml")
+check_schema(config, "config.schema.yaml")
 
 OUT = config["out_dir"].rstrip("/")
 # World-level artifacts (raw data, splits, base, SFT, Oracle, ensemble, tables, SFT and reference
@@ -116,8 +120,7 @@ def res(name, key):
 # lineage of every input. A change anywhere upstream (config or code) changes the params of
 # every job downstream, so Snakemake re-runs them even where an intermediate file is missing
 # (it would otherwise trust a downstream file that looks fresh), and aggregates refuse inputs
-# whose recorded lineage is not the current one.
-include: "code.smk"
+# whose recorded lineage is not the current one (code(stage): code.smk).
 
 
 def digest(*parts):

@@ -2,7 +2,7 @@
 # judge section may hold an API key pasted by mistake. Stop first, naming only the key.
 import re
 
-_judge_schema = yaml.load((Path(REPO) / "workflow" / "schemas" / "config.schema.yaml").read_text(), Loader=SAFE_YAML)
+_judge_schema = tree_module("configschema").schema(str(Path(REPO) / "workflow" / "schemas" / "config.schema.yaml"))
 for _key in config.get("judge") or {}:
     if _key not in _judge_schema["properties"]["judge"]["properties"]:
         raise ValueError(f"config key judge.{_key} is not a judge setting (an API key belongs in the "

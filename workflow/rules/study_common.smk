@@ -6,16 +6,19 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import yaml
-from snakemake.utils import update_config, validate
+from snakemake.utils import update_config
 
 REPO = str(Path(str(workflow.current_basedir)).parents[1])
+
+
+include: "code.smk"
 
 
 if "study" not in config:
     raise ValueError("config key study: give the study file, e.g. --config study=config/studies/drdo-gold.yaml")
 STUDY_FILE = config["study"]
 STUDY = yaml.safe_load(Path(STUDY_FILE).read_text())
-validate(STUDY, schema="../schemas/study.schema.yaml")
+check_schema(STUDY, "study.schema.yaml")
 ROOT = STUDY["out_dir"].rstrip("/")
 
 
@@ -165,6 +168,3 @@ STUDY_PARAMS = {"name": STUDY["name"], "factors": {n: {"key": f["key"], "default
 STUDY_TEMPERATURE = STUDY.get("figure_temperature", 0.7)
 # a figure per scorer, and the Oracle-vs-gold disagreement where both exist (not on real data)
 STUDY_FIGURES = BASE["winrates"]["scorers"] + (["disagreement"] if {"oracle", "gold"} <= set(BASE["winrates"]["scorers"]) else [])
-
-
-include: "code.smk"

@@ -1,0 +1,85 @@
+"""The workflow's schema check (drdo.configschema) against the one it replaces, snakemake.utils.validate."""
+
+import copy
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake.common.configfile import _load_configfile
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate as snakemake_validate
+
+from drdo import configschema
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMAS = REPO / "workflow" / "schemas"
+CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+STUDY = yaml.safe_load((REPO / "config" / "studies" / "drdo-gold-small.yaml").read_text())
+
+
+@pytest.mark.parametrize("name", ["config.schema.yaml", "study.schema.yaml"])
+def test_schemas_read_as_snakemake_reads_them(name):
+    """Snakemake reads a schema through YTE templating; ours use none, so the C parser gives the same."""
+    path = str(SCHEMAS / name)
+    assert configschema.schema(path) == _load_configfile(path, filetype="Schema")
+
+
+def _edited(data, key, value):
+    data = copy.deepcopy(data)
+    *parents, last = key.split(".")
+    node = data
+    for part in parents:
+        node = node[part]
+    if value is KeyError:
+        del node[last]
+    else:
+        node[last] = value
+    return data
+
+
+def _verdict(check, data, schema):
+    try:
+        check(data, schema)
+    except WorkflowError as e:
+        return str(e)
+    return None
+
+
+@pytest.mark.parametrize("schema, data", [
+    ("config.schema.yaml", CONFIG),
+    ("config.schema.yaml", _edited(CONFIG, "align.drdo.gamma", -1)),
+    ("config.schema.yaml", _edited(CONFIG, "out_dir", "/abs/path")),
+    ("config.schema.yaml", _edited(CONFIG, "sft.alpha", 1)),
+    ("config.schema.yaml", _edited(CONFIG, "train.batch_size", "32")),
+    ("config.schema.yaml", _edited(CONFIG, "resources.default.gpu", -1)),
+    ("config.schema.yaml", _edited(CONFIG, "lengths", KeyError)),
+    ("study.schema.yaml", STUDY),
+    ("study.schema.yaml", _edited(STUDY, "seeds.train", [])),
+    ("study.schema.yaml", _edited(STUDY, "design", "full")),
+])
+def test_same_verdict_and_message_as_snakemake(schema, data):
+    path = str(SCHEMAS / schema)
+    ours, theirs = copy.deepcopy(data), copy.deepcopy(data)
+    expected = _verdict(snakemake_validate, theirs, path)
+    if expected:  # Snakemake adds the file's URI as the schema's $id, printed with the whole schema
+        expected = re.sub(r",\n\s*'\$id': '[^']*'", "", expected)
+    assert _verdict(configschema.validate, ours, path) == expected
+    assert ours == theirs  # the same defaults filled in
+    if data is CONFIG or data is STUDY:
+        assert expected is None
+    else:
+        assert expected is not None and "Error validating config file." in expected
+
+
+def test_defaults_are_filled_with_copies(tmp_path):
+    path = tmp_path / "schema.yaml"
+    path.write_text('$schema: "https://json-schema.org/draft/2020-12/schema"\ntype: object\n'
+                    "properties:\n  levels: {type: array, default: [1, 2]}\n  name: {type: string}\n")
+    a, b, theirs = {"name": "a"}, {"name": "b"}, {"name": "a"}
+    configschema.validate(a, str(path))
+    configschema.validate(b, str(path))
+    snakemake_validate(theirs, str(path))
+    assert a == theirs == {"name": "a", "levels": [1, 2]}
+    a["levels"].append(3)
+    assert b["levels"] == [1, 2]  # not the same list through the cached schema

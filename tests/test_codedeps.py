@@ -2,6 +2,10 @@
 
 import ast
 
+import pytest
+import test_workflow
+from snakemake.exceptions import WorkflowError
+
 from drdo import codedeps
 
 
@@ -57,3 +61,31 @@ def test_function_sources_are_exactly_what_ast_get_source_segment_gives():
         assert len(nodes) > 3
         for node in nodes:
             assert codedeps._segment(lines, node) == ast.get_source_segment(source, node)
+
+
+def _sft_lineage(repo):
+    """Parse ``repo``'s Snakefile through Snakemake's Python API; the SFT rule's lineage (its params
+    carry the hash of the code it runs). ``_workflow`` is the API's parsed workflow (not public)."""
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import OutputSettings, ResourceSettings
+
+    with SnakemakeApi(OutputSettings()) as api:
+        parsed = api.workflow(resource_settings=ResourceSettings(cores=1), snakefile=repo / "Snakefile", workdir=repo)
+        return str(parsed._workflow.get_rule("sft").params.lineage)
+
+
+def test_a_second_parse_in_one_process_sees_edited_code_and_schema(tmp_path):
+    """code.smk loads codedeps and configschema once per workflow parse, not once per process: a
+    process that parses the workflow again (the Python API) hashes the code, and checks the
+    config against the schema, as they are then."""
+    repo = test_workflow._copy_of_repo(tmp_path / "repo")
+    before = _sft_lineage(repo)
+    assert _sft_lineage(repo) == before  # same code, same hash
+    losses = repo / "workflow" / "drdo" / "losses.py"
+    losses.write_text(losses.read_text() + "\n# an edit\n")
+    assert _sft_lineage(repo) != before
+    schema = repo / "workflow" / "schemas" / "config.schema.yaml"
+    schema.write_text(schema.read_text().replace("pos_int: {type: integer, minimum: 1}",
+                                                 "pos_int: {type: integer, minimum: 1, maximum: 16}"))
+    with pytest.raises(WorkflowError, match="Error validating config file"):  # batch_size: 32
+        _sft_lineage(repo)

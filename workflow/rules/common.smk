@@ -21,8 +21,7 @@ include: "code.smk"
 # embedded default wherever the workflow is run from.
 # PyYAML's C parser where it has one: a study's 125 module instances each read this file; the
 # pure-Python parser took 10x as long.
-SAFE_YAML = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_merged = yaml.load((Path(REPO) / "config" / "config.yaml").read_text(), Loader=SAFE_YAML)
+_merged = yaml.load((Path(REPO) / "config" / "config.yaml").read_text(), Loader=tree_module("configschema").SAFE_YAML)
 update_config(_merged, config)
 config.update(_merged)
 

@@ -22,24 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 from drdo import cli, io, objectives
 from drdo.modeling import load_causal_lm, load_tokenizer
 from drdo.trainer import evaluate
-
-
-def _stage(threads: int, args: list[str], log: Path) -> float:
-    start = time.perf_counter()
-    with open(log, "w") as f:
-        subprocess.run([sys.executable, "-m", "drdo", "--threads", str(threads), *args], stdout=f,
-                       stderr=subprocess.STDOUT, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    return time.perf_counter() - start
+from stages import run_stage
 
 
 def heldout_nll(model_dir: Path, prompts: Path, params: dict) -> dict[str, float]:
@@ -62,15 +51,15 @@ def measure(run: Path, overrides: dict, work: Path, sft_threads: int, threads: i
     prompts = run / "data/eval_prompts.parquet"
     sft, gens, scores = work / "sft", work / "generations.parquet", work / "scores.parquet"
     result = {"schedule": json.dumps(overrides, sort_keys=True)}
-    result["sft_s"] = round(_stage(sft_threads, ["train", "--objective", "sft", "--params", json.dumps(params),
-                                             "--init", str(run / "models/base"), "--data", str(run / "data/sft.parquet"),
-                                             "--out", str(sft)], work / "sft.log"), 1)
+    train = ["train", "--objective", "sft", "--params", json.dumps(params), "--init", str(run / "models/base"),
+             "--data", str(run / "data/sft.parquet"), "--out", str(sft)]
+    result["sft_s"] = round(run_stage(sft_threads, train, work / "sft.log"), 1)
     result |= {k: round(v, 4) for k, v in heldout_nll(sft, prompts, params).items()}
-    _stage(threads, ["generate", "--params", json.dumps(gen_params), "--policy", str(sft),
-                     "--prompts", str(prompts), "--out", str(gens)], work / "generate.log")
-    _stage(threads, ["score", "--params", json.dumps(score_params), "--generations", str(gens),
-                     "--prompts", str(prompts), "--oracle", str(run / "models/oracle"), "--policy", "sft",
-                     "--split", "-", "--out", str(scores)], work / "score.log")
+    run_stage(threads, ["generate", "--params", json.dumps(gen_params), "--policy", str(sft),
+                        "--prompts", str(prompts), "--out", str(gens)], work / "generate.log")
+    run_stage(threads, ["score", "--params", json.dumps(score_params), "--generations", str(gens),
+                        "--prompts", str(prompts), "--oracle", str(run / "models/oracle"), "--policy", "sft",
+                        "--split", "-", "--out", str(scores)], work / "score.log")
     g, s = io.read_parquet(gens), io.read_parquet(scores)
     result |= {"eos": round(float(g["finished"].mean()), 3), "len": round(float(g["n_tokens"].mean()), 1)}
     at_t = s[s["temperature"] == temperature]

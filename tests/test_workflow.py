@@ -129,6 +129,29 @@ def test_sft_schedule_bench_reproduces_the_run_and_applies_overrides(workdir):
     assert all(r["nll_tldr"] > 0 and r["nll_news"] > 0 for r in (own, short))
 
 
+def test_logp_shift_bench_agrees_with_the_trainers_validation(workdir, tmp_path):
+    """bench/logp_shift.py scores the validation pairs through the table stage; the trainer's own
+    validation pass (another code path) must give the same accuracies and DPO/e-DPO margins."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "workflow"), "HF_HUB_OFFLINE": "1"}
+    out = tmp_path / "shift.csv"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "logp_shift.py"), "--run", OUT, "--csv", str(out)],
+                          capture_output=True, text=True, env=env, cwd=workdir, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shift = pd.read_csv(out)
+    splits = ("all", "hc_he", "lc_le")
+    assert sorted(shift["policy"]) == sorted(f"{m}-{s}" for m in ("drdo", "dpo", "edpo") for s in splits)
+    for row in shift.itertuples():
+        manifest = io.read_provenance(workdir / OUT / "models" / row.policy)
+        val, one_pair = manifest["validation"], 1 / row.pairs + 1e-9  # a near-tie may round either way
+        if row.method == "drdo":  # its implicit accuracy is the policy's own: log pi(y_w) > log pi(y_l)
+            assert abs(row.policy_acc - val["implicit_acc"]) <= one_pair
+        else:  # beta * [(pi_w - ref_w) - (pi_l - ref_l)]
+            assert abs(row.margin_grew - val["implicit_acc"]) <= one_pair
+            assert row.d_margin * manifest["config"]["beta"] == pytest.approx(val["implicit_margin"], abs=1e-3)
+        assert row.d_chosen_lo <= row.d_chosen <= row.d_chosen_hi and row.pairs > 1
+    assert len(proc.stdout.splitlines()) == len(shift) + 2  # header, separator, a line per policy
+
+
 def test_gamma_change_reruns_only_drdo(workdir):
     jobs = planned_jobs(snakemake(workdir, "-n", f"{OUT}/winrates.csv", override="align: {drdo: {gamma: 1.0}}"))
     assert jobs == {"align": 3, "generate": 3, "score_policy": 3, "winrates": 1}

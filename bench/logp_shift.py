@@ -62,6 +62,8 @@ def shifts(run: Path, part: str, threads: int, work: Path) -> pd.DataFrame:
     for (data, reference), group in policies.groupby(["data", "reference"], sort=False):
         pairs = io.read_parquet(data)
         pairs = pairs[pairs["split"] == part]
+        if len(pairs) < 2:
+            raise SystemExit(f"{data}: {len(pairs)} {part} pairs; at least 2 are needed for an interval")
         pairs_file, table_file = work / f"{data.stem}_{part}.parquet", work / f"{data.stem}_logps.parquet"
         io.write_parquet(pairs, pairs_file, {"stage": "bench/logp_shift", "source": str(data), "part": part})
         models = [f"ref={reference}"]
@@ -79,7 +81,8 @@ def shifts(run: Path, part: str, threads: int, work: Path) -> pd.DataFrame:
                 result[name], result[f"{name}_lo"], result[f"{name}_hi"] = _mean_ci(values)
             result["margin_grew"] = float((d_w > d_l).mean())
             for side, d in (("chosen", d_w), ("rejected", d_l)):  # words: the response split on whitespace
-                result[f"d_{side}_per_word"] = float((d / pairs[side].str.split().str.len().to_numpy()).mean())
+                words = pairs[side].str.split().str.len().clip(lower=1).to_numpy()
+                result[f"d_{side}_per_word"] = float((d / words).mean())
             result["policy_acc"] = float((table[f"{row.policy}_chosen"] > table[f"{row.policy}_rejected"]).mean())
             result["reference_acc"] = float((table["ref_chosen"] > table["ref_rejected"]).mean())
             out.append(result)

@@ -293,8 +293,10 @@ def cmd_table(a) -> None:
     for spec in a.model:
         prefix, path = spec.split("=", 1)
         inputs[prefix] = path
-        model = LMWithRewardHead.from_pretrained(path) if a.value == "reward" else load_causal_lm(path, dropout=False)
-        model, tokenizer = for_inference(model, a.params.get("dtype", "float32")), load_tokenizer(path)
+        dtype = a.params.get("dtype", "float32")  # loaded in it: buffers keep from_pretrained's dtypes
+        model = (LMWithRewardHead.from_pretrained(path, dtype=dtype) if a.value == "reward"
+                 else load_causal_lm(path, dtype, dropout=False))
+        model, tokenizer = for_inference(model), load_tokenizer(path)
         sides = score_pairs(model, tokenizer, pairs["prompt"].tolist(), pairs["chosen"].tolist(),
                             pairs["rejected"].tolist(), a.params["max_length"], a.params["batch_size"],
                             documents=pairs["document"].tolist(), logps=a.value == "logp", **_score_lengths(a.params))
@@ -339,7 +341,7 @@ def cmd_generate(a) -> None:
 
     p = a.params
     prompts = io.read_parquet(a.prompts)
-    model, tokenizer = for_inference(load_causal_lm(a.policy), p.get("dtype", "float32")), load_tokenizer(a.policy)
+    model, tokenizer = for_inference(load_causal_lm(a.policy, p.get("dtype", "float32"))), load_tokenizer(a.policy)
     gen = generate(model, tokenizer, prompts, p["temperatures"], p["top_p"], p["max_new_tokens"],
                    p["max_prompt_length"], p["batch_size"], p["seed"], chat=p.get("chat_template", False))
     log.info("%d generations, %.1f%% ended with EOS, mean %.1f tokens", len(gen), 100 * gen["finished"].mean(),
@@ -357,7 +359,7 @@ def cmd_score(a) -> None:
         gen = io.read_parquet(a.generations).merge(prompts, on=["eval_set", "prompt_id"], validate="many_to_one")
     else:  # the human reference summaries, one per prompt
         gen = prompts.assign(response=prompts["reference"], temperature=np.nan)
-    oracle = for_inference(LMWithRewardHead.from_pretrained(a.oracle), a.params.get("dtype", "float32"))
+    oracle = for_inference(LMWithRewardHead.from_pretrained(a.oracle, dtype=a.params.get("dtype", "float32")))
     out = score(oracle, load_tokenizer(a.oracle), gen["prompt"].tolist(), gen["response"].tolist(),
                 a.params["max_length"], a.params["batch_size"], documents=gen["document"].tolist(),
                 logps=False, **_score_lengths(a.params))

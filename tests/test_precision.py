@@ -1,0 +1,108 @@
+"""Frozen bf16 models (reference and teacher tables, generation, Oracle scores) keep the buffer
+dtypes ``from_pretrained`` gives them and compute the log-probs training computes."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM
+
+from drdo import generation, io, scoring
+from drdo.base_model import tiny_llama, train_tokenizer
+from drdo.cli import main
+from drdo.modeling import LMWithRewardHead, load_causal_lm
+
+POSTS = [f"post {i}: my {w} broke again and again" for i, w in enumerate(
+    ["car", "phone", "bike", "laptop", "door", "kettle", "watch", "lamp"])]
+WORDS = ["it works now", "nothing broken", "fixed", "broken"]
+# A Llama that can see position 2,000. Its queries and keys are scaled up (std 0.3) so that
+# attention is sharp and depends on relative position: with the default init (std 0.02)
+# attention is nearly uniform and a wrong rotary encoding barely shows in the log-probs.
+LONG_ARCH = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 2,
+             "num_key_value_heads": 2, "max_position_embeddings": 2048, "initializer_range": 0.05}
+LENGTHS = {"max_length": 64, "max_prompt_length": 48, "chat_template": False}
+
+
+@pytest.fixture(scope="module")
+def frozen_dir(tmp_path_factory):
+    """A reward model (LM + head) with a long context, and the stage inputs that use it."""
+    d = tmp_path_factory.mktemp("frozen")
+    tok = train_tokenizer(POSTS + WORDS, vocab_size=300)
+    lm = tiny_llama(tok, LONG_ARCH, seed=0)
+    with torch.no_grad():
+        for name, p in lm.named_parameters():
+            if name.endswith(("q_proj.weight", "k_proj.weight")):
+                p.mul_(0.3 / LONG_ARCH["initializer_range"])
+    LMWithRewardHead(lm, head_seed=0).save_pretrained(d / "model")
+    tok.save_pretrained(d / "model")
+    io.write_parquet(pd.DataFrame({"pair_id": ["p0", "p1"], "prompt": POSTS[:2], "chosen": WORDS[:2],
+                                   "rejected": WORDS[2:], "document": POSTS[:2]}), d / "pairs.parquet", {})
+    io.write_parquet(pd.DataFrame({"eval_set": "tldr", "prompt_id": ["a", "b"], "prompt": POSTS[2:4],
+                                   "reference": WORDS[:2], "document": POSTS[2:4]}), d / "prompts.parquet", {})
+    return d
+
+
+def _stage_args(stage: str, d) -> list[str]:
+    params = {**LENGTHS, "batch_size": 4, "dtype": "bfloat16"}
+    model, out = str(d / "model"), str(d / f"{stage}.out")
+    if stage in ("table-logp", "table-reward"):
+        return ["table", "--params", json.dumps(params), "--pairs", str(d / "pairs.parquet"),
+                "--model", f"m={model}", "--value", stage.split("-")[1], "--out", out]
+    if stage == "score":
+        return ["score", "--params", json.dumps(params), "--prompts", str(d / "prompts.parquet"), "--oracle", model,
+                "--policy", "sft", "--split", "all", "--out", out]
+    params |= {"temperatures": [0.7], "top_p": 0.9, "max_new_tokens": 4, "seed": 0}
+    return ["generate", "--params", json.dumps(params), "--policy", model, "--prompts", str(d / "prompts.parquet"),
+            "--out", out]
+
+
+def _frozen_model(monkeypatch, stage: str, d):
+    """Run ``stage`` with dtype bfloat16; return the model it computed with."""
+    seen = []
+    for module, name in ((scoring, "score_pairs"), (scoring, "score"), (generation, "generate")):
+        def spy(model, *args, _real=getattr(module, name), **kwargs):
+            seen.append(model)
+            return _real(model, *args, **kwargs)
+        monkeypatch.setattr(module, name, spy)
+    main(_stage_args(stage, d))
+    assert len(seen) == 1
+    return seen[0]
+
+
+@pytest.mark.parametrize("stage", ["table-logp", "table-reward", "score", "generate"])
+def test_frozen_bf16_models_keep_from_pretrained_buffers(frozen_dir, monkeypatch, stage):
+    model = _frozen_model(monkeypatch, stage, frozen_dir)
+    lm = getattr(model, "lm", model)
+    loaded = AutoModelForCausalLM.from_pretrained(str(frozen_dir / "model"), dtype=torch.bfloat16)
+    expected = {name: b.dtype for name, b in loaded.named_buffers() if b.is_floating_point()}
+    assert "model.rotary_emb.inv_freq" in expected  # the buffers in question exist
+    assert {name: b.dtype for name, b in lm.named_buffers() if b.is_floating_point()} == expected
+    assert expected["model.rotary_emb.inv_freq"] == torch.float32
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}  # the reward head too
+    assert not any(p.requires_grad for p in model.parameters()) and not model.training
+
+
+def _token_logps(model, ids: torch.Tensor, autocast: bool) -> torch.Tensor:
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        logits = model(input_ids=ids).logits
+    return torch.gather(F.log_softmax(logits[0, :-1].float(), -1), 1, ids[0, 1:, None])[:, 0]
+
+
+def test_frozen_bf16_logps_at_late_positions_match_training(frozen_dir, monkeypatch):
+    """The reference table's model against training's forward (bf16 autocast over fp32 weights)
+    at positions 1,500-2,000. The two round differently (pure bf16 weights and residual stream
+    against fp32 weights with bf16 matmuls), so they agree only to bf16 rounding: the tolerance
+    is 3x the size of that rounding at the same positions, measured as the mean gap between
+    training's forward and the same fp32 model without autocast. Measured: ~1.4x with the
+    rotary frequencies in fp32, ~12x when they are rounded to bf16 (``model.to(bfloat16)``)."""
+    frozen = _frozen_model(monkeypatch, "table-logp", frozen_dir)
+    trained = load_causal_lm(frozen_dir / "model", dropout=False).eval()  # fp32, as cmd_train loads it
+    ids = torch.randint(3, trained.config.vocab_size, (1, 2001), generator=torch.Generator().manual_seed(1))
+    late = slice(1500, 2000)
+    train_lp = _token_logps(trained, ids, autocast=True)[late]
+    rounding = (train_lp - _token_logps(trained, ids, autocast=False)[late]).abs().mean()
+    gap = (_token_logps(frozen, ids, autocast=False)[late] - train_lp).abs().mean()
+    assert rounding > 0
+    assert gap <= 3 * rounding, f"frozen bf16 log-probs off by {gap:.4f} per token, bf16 rounding {rounding:.4f}"

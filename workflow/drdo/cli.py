@@ -175,7 +175,7 @@ def cmd_split(a) -> None:
 # --------------------------------------------------------------------------- training
 def cmd_train(a) -> None:
     from . import objectives
-    from .modeling import LMWithRewardHead, load_causal_lm, load_tokenizer
+    from .modeling import LMWithRewardHead, cast_parameters, load_causal_lm, load_tokenizer
     from .trainer import TrainConfig, evaluate, make_accelerator, train
 
     p = a.params
@@ -185,7 +185,7 @@ def cmd_train(a) -> None:
     tokenizer = load_tokenizer(a.init)
     # Paired objectives compare log-probs (with the reference's, or chosen with rejected):
     # dropout off, as TRL does. SFT keeps the model's dropout. Weights load in fp32 whatever
-    # train.dtype says (the compute dtype: autocast / DeepSpeed bf16 keep fp32 masters).
+    # train.dtype says: they are the fp32 masters (the precision contract in drdo.trainer).
     dropout = not objective.paired
     if objective.reward_head:  # the Oracle, ensemble members and DRDO student start from SFT
         model = LMWithRewardHead.from_pretrained(a.init, new_head=True, head_seed=p.get("head_seed", 0),
@@ -213,7 +213,8 @@ def cmd_train(a) -> None:
     # nothing to unwrap; accelerate's unwrap_model would import DeepSpeed (~2 s) to find out
     val = {}
     if len(val_rows):
-        val = evaluate(model, to_examples(val_rows), objective, tokenizer.pad_token_id, p["eval_batch_size"])
+        val = evaluate(model, to_examples(val_rows), objective, tokenizer.pad_token_id, p["eval_batch_size"],
+                       dtype=cfg.dtype)  # under training's autocast
         log.info("validation: %s", " ".join(f"{k}={v:.4f}" for k, v in val.items()))
     if a.objective == "oracle" and "synthetic_labels" in p:
         val["bayes_optimal_acc"] = _bayes_optimal(val_rows, p["synthetic_labels"])
@@ -221,8 +222,8 @@ def cmd_train(a) -> None:
                  val["bayes_optimal_acc"])
     inputs = {"init": a.init, "data": a.data, **{f"table{i}": t for i, t in enumerate(a.tables)}}
     prov = {**io.provenance(f"train/{a.objective}", p, inputs), "validation": val,
-            "train_examples": len(train_ex)}
-    _save_checkpoint(model, tokenizer, a.out, prov, metrics=pd.DataFrame(history))
+            "train_examples": len(train_ex), "save_dtype": cfg.save_dtype}
+    _save_checkpoint(cast_parameters(model, cfg.save_dtype), tokenizer, a.out, prov, metrics=pd.DataFrame(history))
 
 
 def _examples(df: pd.DataFrame, tokenizer, objective, p: dict) -> list["Example"]:

@@ -52,6 +52,16 @@ def for_inference(model: nn.Module) -> nn.Module:
     return model.to(inference_device()).eval().requires_grad_(False)
 
 
+def cast_parameters(model: nn.Module, dtype: str) -> nn.Module:
+    """Cast the floating parameters of ``model`` in place to ``dtype``; buffers keep theirs
+    (see :func:`for_inference`). Used to save a checkpoint in ``train.save_dtype``."""
+    target = getattr(torch, dtype)
+    for p in model.parameters():
+        if p.is_floating_point():
+            p.data = p.data.to(target)
+    return model
+
+
 def disable_dropout(model: nn.Module) -> nn.Module:
     """Turn every dropout off, also in train mode (as TRL's ``disable_dropout``).
 

@@ -40,9 +40,26 @@ def inference_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def for_inference(model: nn.Module, dtype: str = "float32") -> nn.Module:
-    """A frozen model (tables, generation, scoring) on the GPU when there is one, in ``dtype``."""
-    return model.to(inference_device(), getattr(torch, dtype)).eval().requires_grad_(False)
+def for_inference(model: nn.Module) -> nn.Module:
+    """A frozen model (tables, generation, scoring) on the GPU when there is one.
+
+    It keeps the dtypes it was loaded with: load it in its compute dtype
+    (``load_causal_lm(path, dtype)``, ``LMWithRewardHead.from_pretrained(path, dtype=dtype)``).
+    ``model.to(bfloat16)`` would also round the float32 buffers ``from_pretrained`` keeps, such as
+    the rotary frequencies (``inv_freq``): a bf16 table or generation would then use another
+    position encoding than training did (cos of the angle off by up to 0.36 near position 2,000).
+    """
+    return model.to(inference_device()).eval().requires_grad_(False)
+
+
+def cast_parameters(model: nn.Module, dtype: str) -> nn.Module:
+    """Cast the floating parameters of ``model`` in place to ``dtype``; buffers keep theirs
+    (see :func:`for_inference`). Used to save a checkpoint in ``train.save_dtype``."""
+    target = getattr(torch, dtype)
+    for p in model.parameters():
+        if p.is_floating_point():
+            p.data = p.data.to(target)
+    return model
 
 
 def disable_dropout(model: nn.Module) -> nn.Module:

@@ -25,9 +25,10 @@ GPUs; flex is tested on CPU (compiled), the varlen path with a CPU kernel that t
 flash-attention takes.
 
 Log-probs are computed from the final hidden states at the positions that predict a response
-token only (LM head, then log-softmax, then the target's entry), so memory scales with response
-tokens x vocabulary, not with row length x vocabulary. A reward-only forward (tables, scoring
-with the Oracle) never applies the LM head.
+token only (LM head and the family's own logit transforms, ``logits.lm_logits``, then
+log-softmax, then the target's entry), so memory scales with response tokens x vocabulary, not
+with row length x vocabulary. A reward-only forward (tables, scoring with the Oracle) never
+applies the LM head.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from transformers.masking_utils import (ALL_MASK_ATTENTION_FUNCTIONS, flash_atte
                                        sdpa_mask)
 
 from .batching import Encoded
-from .modeling import at_least_fp32
+from .logits import check_lm_logits, lm_logits
 
 try:
     from transformers.utils.generic import is_flash_attention_requested
@@ -246,6 +247,7 @@ def attention_inputs(model, packed: Packed) -> dict:
                              "segments: a shared prompt would let one response attend to another; lay the batch "
                              "out with packing.whole_sequences (PackedForward does)")
         return {"attention_mask": None, "position_ids": packed.position_ids.reshape(1, -1)}
+    _check_window(hf, packed)
     mask_function = ALL_MASK_ATTENTION_FUNCTIONS.get(hf.config._attn_implementation)
     if mask_function is flex_attention_mask:
         return {"attention_mask": flex_block_mask(packed), "position_ids": packed.position_ids}
@@ -254,6 +256,21 @@ def attention_inputs(model, packed: Packed) -> dict:
         dtype = next(hf.parameters()).dtype
         mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
     return {"attention_mask": mask, "position_ids": packed.position_ids}
+
+
+def _check_window(hf, packed: Packed) -> None:
+    """Refuse sequences longer than a sliding attention window: transformers hands a 4D mask to
+    every layer as it is, so sliding layers would see the whole sequence (varlen kernels apply
+    the window themselves)."""
+    window = getattr(hf.config, "sliding_window", None)
+    layer_types = getattr(hf.config, "layer_types", None)
+    if not window or (layer_types is not None and "sliding_attention" not in layer_types):
+        return
+    longest = int(packed.position_ids.max()) + 1
+    if longest > window:
+        raise ValueError(f"{hf.config.model_type}: a sliding attention window of {window} tokens, which packed "
+                         f"attention masks do not apply, and a sequence of {longest} tokens; set lengths.max_length "
+                         f"to at most {window}, or model.attn_implementation to a flash-attention kernel")
 
 
 def _hf(model):
@@ -273,18 +290,15 @@ def final_hidden(model, packed: Packed) -> torch.Tensor:
 def target_logps(model, hidden: torch.Tensor, packed: Packed, chunk: int = 4096) -> torch.Tensor:
     """Per-sequence sum of response-token log-probs, from the predicting slots only.
 
-    The LM head and log-softmax run on at most ``chunk`` positions at a time, so peak memory is
-    bounded by chunk x vocabulary whatever the batch.
+    The LM head (with the family's logit transforms, checked once per model against its own
+    forward: ``logits.check_lm_logits``) and the log-softmax run on at most ``chunk`` positions at
+    a time, so peak memory is bounded by chunk x vocabulary whatever the batch.
     """
     hf = _hf(model)
-    head = hf.get_output_embeddings()
-    softcap = getattr(hf.config, "final_logit_softcapping", None)  # Gemma 2 and kin
+    check_lm_logits(hf)
     parts = []
     for lo in range(0, packed.pred_index.shape[0], chunk):
-        h = hidden[packed.pred_index[lo:lo + chunk]]
-        logits = at_least_fp32(head(h))
-        if softcap:
-            logits = torch.tanh(logits / softcap) * softcap
+        logits = lm_logits(hf, hidden[packed.pred_index[lo:lo + chunk]])
         tgt = packed.target[lo:lo + chunk, None]
         parts.append(torch.gather(F.log_softmax(logits, dim=-1), 1, tgt).squeeze(1))
     logp = torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)

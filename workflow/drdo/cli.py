@@ -175,7 +175,7 @@ def cmd_split(a) -> None:
 # --------------------------------------------------------------------------- training
 def cmd_train(a) -> None:
     from . import objectives
-    from .modeling import LMWithRewardHead, cast_parameters, load_causal_lm, load_tokenizer
+    from .modeling import LMWithRewardHead, cast_parameters, load_causal_lm, load_tokenizer, pretrained_kwargs
     from .trainer import TrainConfig, evaluate, make_accelerator, train
 
     p = a.params
@@ -189,9 +189,9 @@ def cmd_train(a) -> None:
     dropout = not objective.paired
     if objective.reward_head:  # the Oracle, ensemble members and DRDO student start from SFT
         model = LMWithRewardHead.from_pretrained(a.init, new_head=True, head_seed=p.get("head_seed", 0),
-                                                 dropout=dropout)
+                                                 dropout=dropout, **pretrained_kwargs(p))
     else:
-        model = load_causal_lm(a.init, dropout=dropout)
+        model = load_causal_lm(a.init, dropout=dropout, **pretrained_kwargs(p))
     data = io.read_parquet(a.data)
     for table in a.tables:
         data = _join_table(data, table, objective.columns)
@@ -285,7 +285,7 @@ def cmd_table(a) -> None:
 
     ``--pairs`` may name several split files: every pair any of them holds is scored once.
     """
-    from .modeling import LMWithRewardHead, for_inference, load_causal_lm, load_tokenizer
+    from .modeling import LMWithRewardHead, for_inference, load_causal_lm, load_tokenizer, pretrained_kwargs
     from .scoring import score_pairs
 
     pairs = _read_pairs(a.pairs)
@@ -295,8 +295,9 @@ def cmd_table(a) -> None:
         prefix, path = spec.split("=", 1)
         inputs[prefix] = path
         dtype = a.params.get("dtype", "float32")  # loaded in it: buffers keep from_pretrained's dtypes
-        model = (LMWithRewardHead.from_pretrained(path, dtype=dtype) if a.value == "reward"
-                 else load_causal_lm(path, dtype, dropout=False))
+        pretrained = pretrained_kwargs(a.params)
+        model = (LMWithRewardHead.from_pretrained(path, dtype=dtype, **pretrained) if a.value == "reward"
+                 else load_causal_lm(path, dtype, dropout=False, **pretrained))
         model, tokenizer = for_inference(model), load_tokenizer(path)
         sides = score_pairs(model, tokenizer, pairs["prompt"].tolist(), pairs["chosen"].tolist(),
                             pairs["rejected"].tolist(), a.params["max_length"], a.params["batch_size"],
@@ -338,11 +339,12 @@ def cmd_gold_table(a) -> None:
 
 def cmd_generate(a) -> None:
     from .generation import generate
-    from .modeling import for_inference, load_causal_lm, load_tokenizer
+    from .modeling import for_inference, load_causal_lm, load_tokenizer, pretrained_kwargs
 
     p = a.params
     prompts = io.read_parquet(a.prompts)
-    model, tokenizer = for_inference(load_causal_lm(a.policy, p.get("dtype", "float32"))), load_tokenizer(a.policy)
+    model = for_inference(load_causal_lm(a.policy, p.get("dtype", "float32"), **pretrained_kwargs(p)))
+    tokenizer = load_tokenizer(a.policy)
     gen = generate(model, tokenizer, prompts, p["temperatures"], p["top_p"], p["max_new_tokens"],
                    p["max_prompt_length"], p["batch_size"], p["seed"], chat=p.get("chat_template", False))
     log.info("%d generations, %.1f%% ended with EOS, mean %.1f tokens", len(gen), 100 * gen["finished"].mean(),
@@ -352,7 +354,7 @@ def cmd_generate(a) -> None:
 
 def cmd_score(a) -> None:
     """Oracle and gold reward of each generation (or of the reference summaries)."""
-    from .modeling import LMWithRewardHead, for_inference, load_tokenizer
+    from .modeling import LMWithRewardHead, for_inference, load_tokenizer, pretrained_kwargs
     from .scoring import score
 
     prompts = io.read_parquet(a.prompts)
@@ -360,7 +362,8 @@ def cmd_score(a) -> None:
         gen = io.read_parquet(a.generations).merge(prompts, on=["eval_set", "prompt_id"], validate="many_to_one")
     else:  # the human reference summaries, one per prompt
         gen = prompts.assign(response=prompts["reference"], temperature=np.nan)
-    oracle = for_inference(LMWithRewardHead.from_pretrained(a.oracle, dtype=a.params.get("dtype", "float32")))
+    oracle = for_inference(LMWithRewardHead.from_pretrained(a.oracle, dtype=a.params.get("dtype", "float32"),
+                                                            **pretrained_kwargs(a.params)))
     out = score(oracle, load_tokenizer(a.oracle), gen["prompt"].tolist(), gen["response"].tolist(),
                 a.params["max_length"], a.params["batch_size"], documents=gen["document"].tolist(),
                 logps=False, **_score_lengths(a.params))

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from precision_support import validation_under
 from drdo import generation, io, scoring
@@ -88,7 +88,9 @@ def test_frozen_bf16_models_keep_from_pretrained_buffers(frozen_dir, monkeypatch
     assert "model.rotary_emb.inv_freq" in expected  # the buffers in question exist
     assert {name: b.dtype for name, b in lm.named_buffers() if b.is_floating_point()} == expected
     assert expected["model.rotary_emb.inv_freq"] == torch.float32
-    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}  # the reward head too
+    assert {p.dtype for p in lm.parameters()} == {torch.bfloat16}
+    if model is not lm:  # the reward head stays fp32 (LMWithRewardHead.reward)
+        assert {p.dtype for p in model.head.parameters()} == {torch.float32}
     assert not any(p.requires_grad for p in model.parameters()) and not model.training
 
 
@@ -164,11 +166,12 @@ def test_bf16_job_evaluates_under_training_autocast(train_inputs, bf16_run):
 
 def test_save_dtype_sets_the_checkpoint_dtype_and_the_manifest_records_it(train_inputs, bf16_run):
     fp32, bf16 = bf16_run, _train(train_inputs, "bf16-save", save_dtype="bfloat16")
-    for f in ("model.safetensors", HEAD_FILE):
-        w32, w16 = load_file(fp32 / f), load_file(bf16 / f)
-        assert {t.dtype for t in w32.values()} == {torch.float32} and {t.dtype for t in w16.values()} == {torch.bfloat16}
-        for k in w32:  # the same run, its fp32 master weights rounded once
-            assert torch.equal(w16[k], w32[k].to(torch.bfloat16)), k
+    w32, w16 = load_file(fp32 / "model.safetensors"), load_file(bf16 / "model.safetensors")
+    assert {t.dtype for t in w32.values()} == {torch.float32} and {t.dtype for t in w16.values()} == {torch.bfloat16}
+    for k in w32:  # the same run, its fp32 master weights rounded once
+        assert torch.equal(w16[k], w32[k].to(torch.bfloat16)), k
+    h32, h16 = load_file(fp32 / HEAD_FILE), load_file(bf16 / HEAD_FILE)  # the reward head is saved in fp32
+    assert all(h16[k].dtype == torch.float32 and torch.equal(h16[k], h32[k]) for k in h32)
     assert io.read_provenance(fp32)["save_dtype"] == "float32"
     assert io.read_provenance(bf16)["save_dtype"] == "bfloat16"
     assert io.read_provenance(bf16)["validation"] == io.read_provenance(fp32)["validation"]  # evaluated before the cast
@@ -185,3 +188,19 @@ def test_deepspeed_config_follows_the_contract():
     assert not deepspeed_config(TrainConfig(lr=1e-3, batch_size=4, deepspeed={}), 2)["torch_autocast"]["enabled"]
     with pytest.raises(ValueError, match=r"train.deepspeed.*\['bf16'\].*train.dtype"):
         deepspeed_config(TrainConfig(lr=1e-3, batch_size=4, deepspeed={"bf16": {"enabled": True}}), 2)
+
+
+def test_reward_head_computes_in_fp32_outside_autocast():
+    """A reward is a large common offset plus a small spread between responses, so a bf16 output
+    (3 significant digits) rounds away what distinguishes them: the head stays fp32 on a bf16 trunk
+    and under autocast, and its output is the fp32 head applied to the trunk's hidden state."""
+    lm = LlamaForCausalLM(LlamaConfig(**TRAIN_ARCH, vocab_size=64)).to(torch.bfloat16)
+    model = LMWithRewardHead(lm, head_seed=0)
+    assert {p.dtype for p in model.head.parameters()} == {torch.float32}
+    hidden = (torch.randn(5, TRAIN_ARCH["hidden_size"], generator=torch.Generator().manual_seed(0)) + 40).to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        reward = model.reward(hidden)
+    assert reward.dtype == torch.float32
+    exact = hidden.double() @ model.head.weight.double()[0] + model.head.bias.double()
+    assert torch.allclose(reward.double(), exact, rtol=0, atol=1e-4)
+    assert not torch.allclose(reward.to(torch.bfloat16).double(), exact, rtol=0, atol=1e-4)  # what bf16 output loses

@@ -69,9 +69,10 @@ def for_inference(model: nn.Module) -> nn.Module:
 
 def cast_parameters(model: nn.Module, dtype: str) -> nn.Module:
     """Cast the floating parameters of ``model`` in place to ``dtype``; buffers keep theirs
-    (see :func:`for_inference`). Used to save a checkpoint in ``train.save_dtype``."""
+    (see :func:`for_inference`), and a reward head stays fp32 (``LMWithRewardHead.reward``). Used to
+    save a checkpoint in ``train.save_dtype``."""
     target = getattr(torch, dtype)
-    for p in model.parameters():
+    for p in getattr(model, "lm", model).parameters():
         if p.is_floating_point():
             p.data = p.data.to(target)
     return model
@@ -121,14 +122,23 @@ class LMWithRewardHead(nn.Module):
             with torch.no_grad():
                 head.weight.normal_(0.0, 1.0 / (hidden + 1) ** 0.5, generator=g)
                 head.bias.zero_()
-            head.to(next(lm.parameters()).dtype)
-        self.head = head
+        self.head = head.float()  # fp32 whatever the trunk's dtype: see reward()
+
+    def reward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The scalar reward of final hidden states ``[..., H]``, computed in fp32 outside autocast.
+
+        A reward is a large common offset plus a small spread between responses (the last token is
+        the same EOS for all), so bf16 output, 3 significant digits, rounds away much of what
+        distinguishes them: a frozen bf16 table's rewards were off by 0.35 of their spread on an
+        H200, 0.14 on CPU. The head is one vector, so fp32 costs nothing."""
+        with torch.autocast(hidden.device.type, enabled=False):
+            return self.head(hidden.float()).squeeze(-1)
 
     def forward(self, input_ids, attention_mask):
         out = self.lm(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
         last = last_token_index(attention_mask)
         hidden = out.hidden_states[-1][torch.arange(input_ids.shape[0]), last]
-        return out.logits, self.head(hidden).squeeze(-1)
+        return out.logits, self.reward(hidden)
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         self.lm.save_pretrained(path)

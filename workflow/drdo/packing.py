@@ -323,7 +323,7 @@ class PackedForward(nn.Module):
         logp = target_logps(self.model, hidden, packed) if logps else None
         reward = None
         if rewards:
-            reward = self.model.head(hidden[packed.last_index]).squeeze(-1)
+            reward = self.model.reward(hidden[packed.last_index])
         return logp, reward
 
 

@@ -112,6 +112,15 @@ def res(name, key):
     return config["resources"].get(name, {}).get(key, config["resources"]["default"][key])
 
 
+def launch(name):
+    """The command that starts the stage of the torch job ``name`` (drdo/launch.py), on
+    resources.<name>.gpu GPUs of its own, or that many ranks on the CPU where resources.cpu_ranks
+    says so. The flag is part of the command, so switching it re-runs the torch jobs (what CPU
+    ranks made stands in for a GPU run only in tests and CI)."""
+    cpu_ranks = " --cpu-ranks" if config["resources"]["cpu_ranks"] else ""
+    return f"python -m drdo.launch --rule {name} --processes {{resources.gpu}}{cpu_ranks} --threads {{threads}}"
+
+
 
 
 # ---------------------------------------------------------------- code and lineage

@@ -19,17 +19,20 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 HEAD_FILE = "reward_head.safetensors"
 
 
-def load_tokenizer(name_or_path: str | os.PathLike):
-    tok = AutoTokenizer.from_pretrained(str(name_or_path))
+def load_tokenizer(name_or_path: str | os.PathLike, revision: str | None = None):
+    """``revision``: a hub model's commit, tag or branch (model.revision); None: the default branch."""
+    tok = AutoTokenizer.from_pretrained(str(name_or_path), revision=revision)
     if tok.pad_token is None:  # many causal LMs ship without one
         tok.pad_token = tok.eos_token
     return tok
 
 
-def load_causal_lm(name_or_path: str | os.PathLike, dtype: str = "float32", dropout: bool = True) -> PreTrainedModel:
+def load_causal_lm(name_or_path: str | os.PathLike, dtype: str = "float32", dropout: bool = True,
+                   revision: str | None = None) -> PreTrainedModel:
     """``dropout=False`` for every model whose log-probs are compared with a reference or
-    with each other (alignment, reward models, scoring): see :func:`disable_dropout`."""
-    model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=getattr(torch, dtype))
+    with each other (alignment, reward models, scoring): see :func:`disable_dropout`.
+    ``revision``: as :func:`load_tokenizer`'s."""
+    model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=getattr(torch, dtype), revision=revision)
     model.config.use_cache = False  # training and scoring never reuse the KV cache
     if not dropout:
         disable_dropout(model)

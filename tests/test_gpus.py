@@ -60,11 +60,22 @@ def test_visible_gpus_follow_cuda_visible_devices():
 
 def test_shortfall_names_the_config_key_and_what_was_found():
     two = [gpus.Gpu("0", "a"), gpus.Gpu("1", "b")]
-    assert gpus.shortfall("resources.align.gpu", 2, two, None) is None
-    none = gpus.shortfall("resources.align.gpu", 2, [], None)
-    assert "resources.align.gpu" in none and "no CUDA GPU is visible" in none and "cpu_ranks" in none
-    few = gpus.shortfall("resources.sft.gpu", 4, two, "0,1")
+    assert gpus.shortfall("resources.align.gpu", 2, two, "x") is None
+    none = gpus.shortfall("resources.align.gpu", 2, [], gpus.seen({}))
+    assert ("config key resources.align.gpu asks for 2 GPU(s), but no CUDA GPU is visible here "
+            "(CUDA_VISIBLE_DEVICES unset: every GPU of the machine)") in none and "cpu_ranks" in none
+    few = gpus.shortfall("resources.sft.gpu", 4, two, gpus.seen({"CUDA_VISIBLE_DEVICES": "0,1"}))
     assert "resources.sft.gpu asks for 4 GPUs, but the job sees only 2 (0, 1; CUDA_VISIBLE_DEVICES '0,1')" in few
+
+
+def test_under_slurm_only_the_granted_gpus_are_visible():
+    # SLURM sets CUDA_VISIBLE_DEVICES on most clusters: it is kept as it is
+    assert gpus.slurm_granted({"CUDA_VISIBLE_DEVICES": "0", "SLURM_JOB_GPUS": "2,3"}) is None
+    # where it named the GPUs only in its own variables, those become the visible ones
+    assert gpus.slurm_granted({"SLURM_JOB_GPUS": "2,3"}) == "2,3"
+    assert gpus.slurm_granted({"SLURM_STEP_GPUS": "3", "SLURM_JOB_GPUS": "2,3"}) == "3"
+    assert gpus.slurm_granted({}) is None
+    assert gpus.seen({"SLURM_GPUS_ON_NODE": "2"}) == "SLURM granted 2 GPU(s) without naming them"
 
 
 def test_locks_give_disjoint_gpus_and_all_or_nothing(tmp_path):
@@ -82,8 +93,10 @@ def test_locks_give_disjoint_gpus_and_all_or_nothing(tmp_path):
     assert [g.name for g in gpus.try_take(machine, 2, tmp_path, "pid 5")] == ["0", "1"]
 
 
-def _launch(tmp_path: Path, name: str, processes: int, hold_s: float, visible: str = "0,1,2", rule: str = "align"):
-    env = {**ENV, "CUDA_VISIBLE_DEVICES": visible, gpus.LOCK_DIR_ENV: str(tmp_path / "locks")}
+def _launch(tmp_path: Path, name: str, processes: int, hold_s: float, rule: str = "align", **visible: str):
+    """The launcher on a fake machine; ``visible``: CUDA_VISIBLE_DEVICES (default 0,1,2) or SLURM's variables."""
+    env = {k: v for k, v in ENV.items() if k not in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS")}
+    env |= {**(visible or {"CUDA_VISIBLE_DEVICES": "0,1,2"}), gpus.LOCK_DIR_ENV: str(tmp_path / "locks")}
     cmd = [sys.executable, "-c", LAUNCHER, "--rule", rule, "--processes", str(processes), "--threads", "1", "--",
            str(tmp_path / f"{name}.json"), str(hold_s), str(tmp_path / "locks")]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -122,6 +135,13 @@ def test_concurrent_launchers_get_disjoint_gpus_and_wait_for_busy_ones(tmp_path)
     err_c = outs["c"][1]
     assert "waiting for 2 free GPU(s) of 3 visible" in err_c and f"pid {runs['a']['pid']} (rule align)" in err_c
     assert f"GPUs {','.join(runs['c']['gpus'])} of 0, 1, 2 visible" in err_c
+
+
+def test_a_slurm_job_takes_the_gpus_slurm_granted(tmp_path):
+    job = _launch(tmp_path, "s", 2, hold_s=0, SLURM_JOB_GPUS="2,3")
+    _, err = job.communicate(timeout=120)
+    assert job.returncode == 0, err
+    assert json.loads((tmp_path / "s.json").read_text())["gpus"] == ["2", "3"]
 
 
 def test_gpu_job_without_cuda_stops_unless_cpu_ranks(tmp_path):

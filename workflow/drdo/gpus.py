@@ -1,7 +1,8 @@
 """The GPUs a job runs on: N of those visible to it that no other job on this machine holds.
 
-Visible: the GPUs CUDA_VISIBLE_DEVICES names, as SLURM (a job's granted GPUs) or the user set it;
-every GPU of the machine when it is unset. A job holds a GPU by an exclusive ``flock`` on
+Visible: the GPUs CUDA_VISIBLE_DEVICES names, as SLURM (a job's granted GPUs) or the user set it
+(SLURM_STEP_GPUS / SLURM_JOB_GPUS where SLURM named the granted GPUs only there); every GPU of the
+machine otherwise. A job holds a GPU by an exclusive ``flock`` on
 ``<lock dir>/<GPU UUID>.lock`` (``DRDO_GPU_LOCK_DIR``, else ``/tmp/drdo-gpus-<uid>``: per user,
 per machine). Locks are named by UUID, not by number: SLURM renumbers each job's GPUs from 0
 when it confines devices, so "0" is another card in each job, while the UUID is the card itself.
@@ -57,6 +58,23 @@ def visible(env_value: str | None, count: int, uuid_of) -> list[Gpu]:
     return [Gpu(name, uuid_of(i) or f"device-{name}") for i, name in enumerate(names)]
 
 
+def slurm_granted(environ) -> str | None:
+    """The GPUs SLURM granted this job (SLURM_STEP_GPUS, else SLURM_JOB_GPUS: node indices) where
+    it did not also set CUDA_VISIBLE_DEVICES to them (it does on most clusters); else None."""
+    if "CUDA_VISIBLE_DEVICES" in environ:
+        return None
+    return environ.get("SLURM_STEP_GPUS") or environ.get("SLURM_JOB_GPUS") or None
+
+
+def seen(environ) -> str:
+    """Where the visible GPUs come from, for messages."""
+    if "CUDA_VISIBLE_DEVICES" in environ:
+        return f"CUDA_VISIBLE_DEVICES {environ['CUDA_VISIBLE_DEVICES']!r}"
+    if environ.get("SLURM_GPUS_ON_NODE"):
+        return f"SLURM granted {environ['SLURM_GPUS_ON_NODE']} GPU(s) without naming them"
+    return "CUDA_VISIBLE_DEVICES unset: every GPU of the machine"
+
+
 def visible_gpus() -> list[Gpu]:
     """The GPUs this process may use; empty without CUDA."""
     import torch
@@ -66,18 +84,17 @@ def visible_gpus() -> list[Gpu]:
                    lambda i: str(getattr(torch.cuda.get_device_properties(i), "uuid", "")))
 
 
-def shortfall(key: str, wanted: int, gpus: list[Gpu], visible_env: str | None) -> str | None:
-    """Why a job asking for ``wanted`` GPUs (config key ``key``) cannot run on ``gpus``; None if it can."""
-    seen = "unset: every GPU of the machine" if visible_env is None else repr(visible_env)
+def shortfall(key: str, wanted: int, gpus: list[Gpu], where: str) -> str | None:
+    """Why a job asking for ``wanted`` GPUs (config key ``key``) cannot run on ``gpus`` (visible as
+    ``where`` says: :func:`seen`); None if it can."""
     fix = (f"set {key} to 0 to run the job on the CPU, or resources.cpu_ranks: true to run its ranks on "
            "the CPU (gloo; for tests and CI)")
     if not gpus:
-        return (f"config key {key} asks for {wanted} GPU(s), but no CUDA GPU is visible here "
-                f"(CUDA_VISIBLE_DEVICES {seen}): {fix}")
+        return f"config key {key} asks for {wanted} GPU(s), but no CUDA GPU is visible here ({where}): {fix}"
     if wanted > len(gpus):
         return (f"config key {key} asks for {wanted} GPUs, but the job sees only {len(gpus)} "
-                f"({', '.join(g.name for g in gpus)}; CUDA_VISIBLE_DEVICES {seen}): lower {key}, or give the "
-                "job more GPUs (under SLURM the job sees the GPUs it was granted)")
+                f"({', '.join(g.name for g in gpus)}; {where}): lower {key}, or give the job more GPUs "
+                "(under SLURM the job sees the GPUs it was granted)")
     return None
 
 

@@ -95,9 +95,10 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as e:
         raise SystemExit(f"drdo.launch: {e}") from None
     if a.processes >= 1 and not a.cpu_ranks:
+        if granted := gpus.slurm_granted(os.environ):  # before CUDA starts: only those are the job's
+            os.environ["CUDA_VISIBLE_DEVICES"] = granted
         visible = gpus.visible_gpus()
-        key = f"resources.{a.rule}.gpu"
-        problem = gpus.shortfall(key, a.processes, visible, os.environ.get("CUDA_VISIBLE_DEVICES"))
+        problem = gpus.shortfall(f"resources.{a.rule}.gpu", a.processes, visible, gpus.seen(os.environ))
         if problem:
             raise SystemExit(f"drdo.launch: {problem}")
         # held through the exec below (inheritable descriptors): freed when the job's process ends

@@ -11,6 +11,7 @@ same seed, prompts and batch size give the same responses for every policy.
 from __future__ import annotations
 
 import inspect
+import logging
 
 import numpy as np
 import pandas as pd
@@ -19,6 +20,9 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from .batching import encode_prompt
+from .progress import Progress
+
+log = logging.getLogger("drdo.generate")
 
 
 def nucleus_sample(logits: torch.Tensor, temperature: torch.Tensor, top_p: float,
@@ -86,6 +90,7 @@ def generate(model, tokenizer, prompts: pd.DataFrame, temperatures: list[float],
     per_batch = max(1, batch_size // len(temperatures))
     by_length = np.argsort([len(e) for e in encoded], kind="stable")  # little padding per batch
     rows = []
+    progress = Progress(log, "generate", -(-len(encoded) // per_batch), "batches", counts=("responses",))
     for lo in range(0, len(encoded), per_batch):
         idx = by_length[lo:lo + per_batch]
         responses = sample_batch(model, [encoded[i] for i in idx], temperatures, top_p, max_new_tokens,
@@ -96,6 +101,7 @@ def generate(model, tokenizer, prompts: pd.DataFrame, temperatures: list[float],
             rows.append({"idx": int(idx[r // len(temperatures)]), "temperature": float(temperatures[r % len(temperatures)]),
                          "response": tokenizer.decode(seq, skip_special_tokens=True).strip(),
                          "finished": finished, "n_tokens": len(seq)})
+        progress.update(1, responses=len(responses))
     gen = pd.DataFrame(rows).sort_values(["temperature", "idx"], kind="stable").reset_index(drop=True)
     meta = prompts.reset_index(drop=True)[["eval_set", "prompt_id"]]
     return pd.concat([meta.iloc[gen["idx"]].reset_index(drop=True), gen.drop(columns="idx")], axis=1)

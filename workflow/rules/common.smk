@@ -171,6 +171,13 @@ def raw_file(name):
     return path
 
 
+if config["data"]["source"] == "files":  # named by its key before any job, not as a rule's missing input
+    for _name in RAW_SOURCES:
+        if not os.path.exists(raw_file(_name)):
+            raise ValueError(f"config key data.files.{_name}: {raw_file(_name)} does not exist (a relative "
+                             f"path is read from the working directory, {os.getcwd()})")
+
+
 # ---------------------------------------------------------------- per-rule parameters
 def _base_params(model):
     """The base rule's params: model.chat_template as a template file's content (an edit

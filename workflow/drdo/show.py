@@ -134,8 +134,7 @@ def render(info: dict) -> str:
     lines += [f"  {c['name']:<{width}}  {c['type']}" for c in info["columns"]]
     if info["head"]:
         head = pd.DataFrame(info["head"], columns=[c["name"] for c in info["columns"]])
-        with pd.option_context("display.max_colwidth", 40, "display.width", 160, "display.max_columns", 12):
-            lines += [f"first {len(head)} rows:", _indent(head.to_string(index=False))]
+        lines += [f"first {len(head)} rows:", _indent(head.to_string(index=False, max_colwidth=40, line_width=120))]
     missing = "no .provenance.json beside it" if info["kind"] == "csv" else "no drdo.provenance metadata"
     return "\n".join(lines + _provenance(info["provenance"], missing))
 

@@ -67,6 +67,9 @@ if ORACLE_BASE and (gguf.model_spec(ORACLE_BASE) or ORACLE_BASE == "tiny"):
                      "model id or local directory; a GGUF or `tiny` base only as model.name_or_path)")
 POLICIES = ["sft"] + [f"{m}-{s}" for m in METHODS for s in SPLITS]
 ENV = "../../envs/drdo.yaml"
+# envs/drdo.yaml installs this checkout from ${DRDO_REPO} (pip expands it), wherever Snakemake copies
+# the file (under .snakemake/conda/, where a path relative to the file would name another folder).
+os.environ.update(DRDO_REPO=REPO)
 
 
 wildcard_constraints:

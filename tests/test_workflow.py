@@ -72,6 +72,16 @@ def test_winrates_table(workdir):
     assert (abs(w["win_rate"] - expected) < 1e-3).all()
 
 
+def test_the_winrates_target_builds_every_table_of_the_results(workdir):
+    """`snakemake <out_dir>/winrates.csv` (the fixture's target) also builds what the results are
+    read with: the models' validation metrics and Table 5."""
+    validation = pd.read_csv(workdir / OUT / "validation.csv")
+    assert len(validation) == 1 + 2 + 9  # Oracle, 2 ensemble members, 9 aligned policies
+    assert len(pd.read_csv(workdir / OUT / "data" / "table5.csv")) > 0
+    assert set(io.read_provenance(workdir / OUT / "winrates.csv")["inputs"]) == {  # computed from the scores alone
+        "sft", "reference", *(f"{m}-{s}" for m in ("drdo", "dpo", "edpo") for s in ("all", "hc_he", "lc_le"))}
+
+
 def test_artifacts_record_provenance(workdir):
     out = workdir / OUT
     table = io.read_provenance(out / "tables" / "oracle_rewards.parquet")

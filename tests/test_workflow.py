@@ -164,13 +164,13 @@ def test_logp_shift_bench_agrees_with_the_trainers_validation(workdir, tmp_path)
 
 def test_gamma_change_reruns_only_drdo(workdir):
     jobs = planned_jobs(snakemake(workdir, "-n", f"{OUT}/winrates.csv", override="align: {drdo: {gamma: 1.0}}"))
-    assert jobs == {"align": 3, "generate": 3, "score_policy": 3, "winrates": 1}
+    assert jobs == {"align": 3, "generate": 3, "score_policy": 3, "validation_report": 1, "winrates": 1}
 
 
 def test_ensemble_size_change_trains_only_the_new_member(workdir):
     jobs = planned_jobs(snakemake(workdir, "-n", f"{OUT}/winrates.csv", override="ensemble: {size: 3}"))
     assert jobs == {"reward_model": 1, "ensemble_table": 1, "align": 3, "generate": 3, "score_policy": 3,
-                    "winrates": 1}
+                    "validation_report": 1, "winrates": 1}
 
 
 def test_attention_kernel_change_reruns_exactly_the_jobs_that_run_models(workdir):
@@ -179,13 +179,13 @@ def test_attention_kernel_change_reruns_exactly_the_jobs_that_run_models(workdir
     jobs = planned_jobs(snakemake(workdir, "-n", f"{OUT}/winrates.csv", override="model: {attn_implementation: eager}"))
     assert jobs == {"sft": 1, "oracle": 1, "reward_model": 2, "oracle_table": 1, "ensemble_table": 1,
                     "reference_table": 1, "align": 9, "generate": 10, "score_policy": 10, "score_reference": 1,
-                    "winrates": 1}
+                    "validation_report": 1, "winrates": 1}
 
 
 def test_seed_change_reruns_everything(workdir):
     jobs = planned_jobs(snakemake(workdir, "-n", f"{OUT}/winrates.csv", override="synthetic: {seed: 7}"))
     assert jobs["synthetic_world"] == 1 and jobs["align"] == 9 and jobs["reward_model"] == 2
-    assert sum(jobs.values()) == 1 + 1 + 1 + 1 + 1 + 1 + 2 + 3 + 9 + 10 + 11 + 1
+    assert sum(jobs.values()) == 1 + 1 + 1 + 1 + 1 + 1 + 2 + 3 + 9 + 10 + 11 + 1 + 1  # + validation_report
 
 
 @pytest.mark.parametrize("override, key", [
@@ -272,7 +272,7 @@ def test_config_change_after_failed_jobs_rebuilds_every_stale_artifact(workdir, 
     for failed in ("drdo-hc_he", "drdo-lc_le"):
         shutil.rmtree(wd / OUT / "models" / failed)
     jobs = planned_jobs(snakemake(wd, "-n", f"{OUT}/winrates.csv", override=override))
-    assert jobs == {"align": 2, "generate": 3, "score_policy": 3, "winrates": 1}
+    assert jobs == {"align": 2, "generate": 3, "score_policy": 3, "validation_report": 1, "winrates": 1}
     snakemake(wd, f"{OUT}/winrates.csv", override=override)
     expected = io.read_provenance(wd / OUT / "winrates.csv")
     for split in ("all", "hc_he", "lc_le"):

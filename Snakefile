@@ -3,7 +3,7 @@
 #   snakemake --cores all --configfile my.yaml <out_dir>/winrates.csv
 from snakemake.utils import min_version
 
-min_version("8.0")
+min_version("9.0")
 
 
 configfile: "config/config.yaml"

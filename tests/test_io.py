@@ -1,6 +1,9 @@
 """Atomic outputs and provenance records."""
 
+import warnings
+
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from drdo import io
@@ -47,3 +50,39 @@ def test_csv_provenance_sidecar(tmp_path):
     io.write_csv(pd.DataFrame({"x": [0.123456]}), tmp_path / "w.csv", io.provenance("winrates", {"n_boot": 10}))
     assert (tmp_path / "w.csv").read_text() == "x\n0.1235\n"
     assert io.read_provenance(tmp_path / "w.csv")["config"] == {"n_boot": 10}
+
+
+def test_read_parquet_puts_the_provenance_in_attrs(tmp_path):
+    df = pd.DataFrame({"pair_id": [1, 2], "x": [0.5, 1.5]})
+    io.write_parquet(df, tmp_path / "a.parquet", {"stage": "a", "config": {"k": [1, 2]}})
+    got = io.read_parquet(tmp_path / "a.parquet")
+    assert got.attrs["provenance"] == io.read_provenance(tmp_path / "a.parquet") == {"stage": "a", "config": {"k": [1, 2]}}
+    pd.testing.assert_frame_equal(got, df)
+
+
+def test_frames_with_provenance_concatenate_and_merge_without_warnings(tmp_path):
+    """pandas keeps attrs through concat only when they are equal and drops them in merge: no
+    error, no warning, and no stale provenance on the result."""
+    for name, offset in (("a", 0), ("b", 10)):
+        df = pd.DataFrame({"pair_id": [1, 2], "x": [offset + 0.5, offset + 1.5]})
+        io.write_parquet(df, tmp_path / f"{name}.parquet", {"stage": name})
+    a, b = io.read_parquet(tmp_path / "a.parquet"), io.read_parquet(tmp_path / "b.parquet")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        both = pd.concat([a, b], ignore_index=True)
+        same = pd.concat([a, a], ignore_index=True)
+        merged = a.merge(b[["pair_id", "x"]].rename(columns={"x": "y"}), on="pair_id", validate="one_to_one")
+        groups = [g.attrs for _, g in both.groupby("pair_id")]
+    assert both.attrs == {} and merged.attrs == {} and list(merged["y"]) == [10.5, 11.5]
+    assert same.attrs["provenance"] == {"stage": "a"} and len(groups) == 2
+    assert a.attrs["provenance"] == {"stage": "a"}  # the inputs are left as they were
+
+
+def test_a_frame_written_again_carries_only_its_new_provenance(tmp_path):
+    io.write_parquet(pd.DataFrame({"x": [1]}), tmp_path / "a.parquet", {"stage": "a"})
+    a = io.read_parquet(tmp_path / "a.parquet")
+    io.write_parquet(a.assign(y=2), tmp_path / "b.parquet", {"stage": "b"})
+    meta = pq.read_schema(tmp_path / "b.parquet").metadata
+    assert b'"stage": "a"' not in meta[b"pandas"]  # pyarrow stores DataFrame.attrs there otherwise
+    assert io.read_parquet(tmp_path / "b.parquet").attrs == {"provenance": {"stage": "b"}}
+    assert a.attrs == {"provenance": {"stage": "a"}}

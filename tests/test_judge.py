@@ -202,14 +202,19 @@ def test_position_biased_judge_gives_ties(httpserver, inputs, tmp_path):
     assert (report["win_rate"] == 0.5).all() and report["gold_agreement_n"].sum() == 0
 
 
-def test_garbage_verdicts_are_dropped_counted_and_stored(httpserver, inputs, tmp_path):
+def test_garbage_verdicts_are_dropped_counted_and_stored(httpserver, inputs, tmp_path, caplog):
     def some_garbage(request):
         text = request.get_json()["messages"][0]["content"]
         return completion("Both summaries are great!") if "news article" in text else longer_wins(request)
 
     srv = Server(httpserver, answer=some_garbage)
     out = tmp_path / "out"
-    report, v = judge(inputs, out, base_url=srv.base_url)
+    with caplog.at_level(logging.WARNING, logger="drdo.judge"):
+        report, v = judge(inputs, out, base_url=srv.base_url)
+    # half of the verdicts, but whole comparisons without a usable outcome: said in the log, not only the CSV
+    warnings = [r.getMessage() for r in caplog.records if r.name == "drdo.judge" and r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].startswith("12 of 24 judge verdicts (50%) are unusable")
+    assert "; 2 of 4 comparisons have no usable outcome" in warnings[0] and "judge.response_format: json_schema" in warnings[0]
     news = report[report["eval_set"] == "news"]
     assert (news["n"] == 0).all() and (news["dropped"] == 3).all() and (news["unusable_verdicts"] == 6).all()
     assert news["win_rate"].isna().all()
@@ -219,6 +224,48 @@ def test_garbage_verdicts_are_dropped_counted_and_stored(httpserver, inputs, tmp
     before = srv.requests
     judge(inputs, out, base_url=srv.base_url)  # unusable answers are paid answers: cached, not asked again
     assert srv.requests == before
+
+
+def test_mostly_unusable_verdicts_warn_with_count_share_and_what_to_try(httpserver, inputs, tmp_path, caplog):
+    def news_first_longer(request):  # a usable verdict only on news, and only when A is the longer summary
+        text = request.get_json()["messages"][0]["content"]
+        a, b = _between(text, "Summary A:", "Summary B:"), _between(text, "Summary B:", "FIRST")
+        if "news article" in text and len(a.split()) >= len(b.split()):
+            return completion("Preferred: A")
+        return completion("I cannot decide.")
+
+    srv = Server(httpserver, answer=news_first_longer)
+    with caplog.at_level(logging.WARNING, logger="drdo.judge"):
+        report, v = judge(inputs, tmp_path / "out", base_url=srv.base_url, response_format="json_schema")
+    unusable = int(v["verdict_ab"].isna().sum() + v["verdict_ba"].isna().sum())
+    assert 0.5 < unusable / 24 < 1
+    warnings = [r.getMessage() for r in caplog.records if r.name == "drdo.judge" and r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].startswith(f"{unusable} of 24 judge verdicts ({unusable / 24:.0%}) are unusable")
+    assert "check that the server honours response_format" in warnings[0]  # the hint fits the format used
+    assert (tmp_path / "out" / "judge_report.csv").exists()  # a warning: the job still finishes
+
+
+def test_a_judge_without_one_usable_verdict_fails_saying_what_to_try(httpserver, inputs, tmp_path):
+    srv = Server(httpserver, answer=lambda r: completion("Both are fine, really."))
+    out = tmp_path / "out"
+    with pytest.raises(jclient.JudgeError) as err:
+        judge(inputs, out, base_url=srv.base_url)
+    msg = str(err.value)
+    assert msg.startswith("24 of 24 judge verdicts (100%) are unusable") and "no judge win-rate can be computed" in msg
+    assert "The first answer was 'Both are fine, really.'" in msg and "judge.response_format: json_schema" in msg
+    assert not (out / "judge_report.csv").exists() and not (out / "judge" / "verdicts.parquet").exists()
+    assert len(js.cache_keys(out)) == srv.requests  # every answer kept: a rerun pays nothing
+
+
+def test_usable_verdicts_no_warning_and_progress_lines(httpserver, inputs, tmp_path, caplog):
+    srv = Server(httpserver)
+    with caplog.at_level(logging.INFO, logger="drdo.judge"):
+        judge(inputs, tmp_path / "out", base_url=srv.base_url)
+    records = [r for r in caplog.records if r.name == "drdo.judge"]
+    assert not [r for r in records if r.levelno >= logging.WARNING]
+    progress = [r.getMessage() for r in records if r.getMessage().startswith("judge: ")]
+    assert progress[0].startswith(f"judge: 1/{srv.requests} calls (") and " calls/s, ETA " in progress[0]
+    assert progress[-1].startswith(f"judge: {srv.requests}/{srv.requests} calls (100%)") and "$" in progress[-1]
 
 
 # --------------------------------------------------------------------------- faults
@@ -361,13 +408,25 @@ def test_missing_key_variable_is_named(inputs, tmp_path, monkeypatch):
 
 
 # --------------------------------------------------------------------------- the workflow
-def dry_run(tmp_path, override: str):
+def dry_run(tmp_path, override: str, *flags: str):
     (tmp_path / "o.yaml").write_text(override)
-    cmd = [sys.executable, "-m", "snakemake", "-n", "--snakefile", str(js.REPO / "Snakefile"), "--directory",
+    cmd = [sys.executable, "-m", "snakemake", "-n", *flags, "--snakefile", str(js.REPO / "Snakefile"), "--directory",
            str(tmp_path), "--cores", "2", "--configfile", str(js.REPO / "tests/configs/e2e.yaml"),
            str(tmp_path / "o.yaml"), "--", "results/e2e/winrates.csv"]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.mark.parametrize("generated, judged", [("[0.5, 0.9]", [0.5]), ("[0.2, 0.8, 1.0]", [0.8]),
+                                               ("[0.2, 0.5, 0.7, 0.9]", [0.7])])
+def test_judge_temperatures_default_to_the_generated_one_closest_to_0_7(tmp_path, generated, judged):
+    """Enabling the judge works whatever temperatures are generated (the e2e config: 0.5 and 0.9)."""
+    proc = dry_run(tmp_path, f"generate: {{temperatures: {generated}}}\n"
+                             "judge: {enabled: true, splits: [all], comparisons: [[drdo, dpo]]}\n", "-p")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    command = proc.stdout.split("rule judge:", 1)[1].split("python -m drdo", 1)[1].split("\n", 1)[0]
+    params = json.loads(command.split("--params '", 1)[1].split("'", 1)[0])
+    assert params["temperatures"] == judged
 
 
 def test_workflow_adds_the_judge_only_when_enabled(tmp_path):
@@ -385,7 +444,7 @@ def test_workflow_adds_the_judge_only_when_enabled(tmp_path):
 @pytest.mark.parametrize("override,named", [
     ("judge: {enabled: true, temperatures: [0.7]}", "judge.temperatures"),   # e2e generates at 0.5 and 0.9
     ("judge: {enabled: true, temperatures: [0.9], comparisons: [[drdo, drdo]]}", "judge.comparisons"),
-    ("judge: {enabled: true, api_key: sk-SECRET-1}", "judge.api_key is not a judge setting"),  # refused
+    ("judge: {enabled: true, api_key: sk-SECRET-1}", "judge.api_key is not a setting"),  # refused
     ("judge: {api_key_env: sk-proj-SECRET-123}", "judge.api_key_env must be the NAME"),  # ... and not echoed
 ])
 def test_bad_judge_config_stops_before_any_job(tmp_path, override, named):

@@ -38,7 +38,7 @@ def test_paper_tldr_dry_run(tmp_path):
     jobs = planned_jobs(proc)
     assert jobs == {"normalise": 1, "base_model": 1, "split": 1, "sft": 1, "oracle": 1, "reward_model": 3,
                     "oracle_table": 1, "ensemble_table": 1, "reference_table": 1, "align": 9, "generate": 10,
-                    "score_policy": 10, "score_reference": 1, "judge": 1, "winrates": 1}
+                    "score_policy": 10, "score_reference": 1, "judge": 1, "winrates": 1, "validation_report": 1}
     text = proc.stdout + proc.stderr
     # Table 1: GPT-4o on 1,000 CNN/DM articles, DRDO vs e-DPO / DPO and "Gold vs X", every split
     (judge,) = _stage_lines(text, "judge")
@@ -80,7 +80,7 @@ def test_paper_ultrafeedback_dry_run(tmp_path):
     assert planned_jobs(proc) == {"normalise": 1, "base_model": 1, "oracle_base": 1, "split": 1, "sft": 1,
                                   "oracle": 1, "reward_model": 3, "oracle_table": 1, "ensemble_table": 1,
                                   "reference_table": 1, "align": 3, "generate": 4, "score_policy": 4,
-                                  "score_reference": 1, "judge": 1, "winrates": 1}
+                                  "score_reference": 1, "judge": 1, "winrates": 1, "validation_report": 1}
     text = proc.stdout + proc.stderr
     (normalise,) = _stage_lines(text, "normalise")
     for name in ("argilla/ultrafeedback-binarized-preferences-cleaned", "tatsu-lab/alpaca_eval",

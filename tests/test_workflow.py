@@ -72,6 +72,16 @@ def test_winrates_table(workdir):
     assert (abs(w["win_rate"] - expected) < 1e-3).all()
 
 
+def test_the_winrates_target_builds_every_table_of_the_results(workdir):
+    """`snakemake <out_dir>/winrates.csv` (the fixture's target) also builds what the results are
+    read with: the models' validation metrics and Table 5."""
+    validation = pd.read_csv(workdir / OUT / "validation.csv")
+    assert len(validation) == 1 + 2 + 9  # Oracle, 2 ensemble members, 9 aligned policies
+    assert len(pd.read_csv(workdir / OUT / "data" / "table5.csv")) > 0
+    assert set(io.read_provenance(workdir / OUT / "winrates.csv")["inputs"]) == {  # computed from the scores alone
+        "sft", "reference", *(f"{m}-{s}" for m in ("drdo", "dpo", "edpo") for s in ("all", "hc_he", "lc_le"))}
+
+
 def test_artifacts_record_provenance(workdir):
     out = workdir / OUT
     table = io.read_provenance(out / "tables" / "oracle_rewards.parquet")
@@ -154,13 +164,13 @@ def test_logp_shift_bench_agrees_with_the_trainers_validation(workdir, tmp_path)
 
 def test_gamma_change_reruns_only_drdo(workdir):
     jobs = planned_jobs(snakemake(workdir, "-n", f"{OUT}/winrates.csv", override="align: {drdo: {gamma: 1.0}}"))
-    assert jobs == {"align": 3, "generate": 3, "score_policy": 3, "winrates": 1}
+    assert jobs == {"align": 3, "generate": 3, "score_policy": 3, "validation_report": 1, "winrates": 1}
 
 
 def test_ensemble_size_change_trains_only_the_new_member(workdir):
     jobs = planned_jobs(snakemake(workdir, "-n", f"{OUT}/winrates.csv", override="ensemble: {size: 3}"))
     assert jobs == {"reward_model": 1, "ensemble_table": 1, "align": 3, "generate": 3, "score_policy": 3,
-                    "winrates": 1}
+                    "validation_report": 1, "winrates": 1}
 
 
 def test_attention_kernel_change_reruns_exactly_the_jobs_that_run_models(workdir):
@@ -169,13 +179,13 @@ def test_attention_kernel_change_reruns_exactly_the_jobs_that_run_models(workdir
     jobs = planned_jobs(snakemake(workdir, "-n", f"{OUT}/winrates.csv", override="model: {attn_implementation: eager}"))
     assert jobs == {"sft": 1, "oracle": 1, "reward_model": 2, "oracle_table": 1, "ensemble_table": 1,
                     "reference_table": 1, "align": 9, "generate": 10, "score_policy": 10, "score_reference": 1,
-                    "winrates": 1}
+                    "validation_report": 1, "winrates": 1}
 
 
 def test_seed_change_reruns_everything(workdir):
     jobs = planned_jobs(snakemake(workdir, "-n", f"{OUT}/winrates.csv", override="synthetic: {seed: 7}"))
     assert jobs["synthetic_world"] == 1 and jobs["align"] == 9 and jobs["reward_model"] == 2
-    assert sum(jobs.values()) == 1 + 1 + 1 + 1 + 1 + 1 + 2 + 3 + 9 + 10 + 11 + 1
+    assert sum(jobs.values()) == 1 + 1 + 1 + 1 + 1 + 1 + 2 + 3 + 9 + 10 + 11 + 1 + 1  # + validation_report
 
 
 @pytest.mark.parametrize("override, key", [
@@ -262,7 +272,7 @@ def test_config_change_after_failed_jobs_rebuilds_every_stale_artifact(workdir, 
     for failed in ("drdo-hc_he", "drdo-lc_le"):
         shutil.rmtree(wd / OUT / "models" / failed)
     jobs = planned_jobs(snakemake(wd, "-n", f"{OUT}/winrates.csv", override=override))
-    assert jobs == {"align": 2, "generate": 3, "score_policy": 3, "winrates": 1}
+    assert jobs == {"align": 2, "generate": 3, "score_policy": 3, "validation_report": 1, "winrates": 1}
     snakemake(wd, f"{OUT}/winrates.csv", override=override)
     expected = io.read_provenance(wd / OUT / "winrates.csv")
     for split in ("all", "hc_he", "lc_le"):

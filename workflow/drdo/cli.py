@@ -414,42 +414,73 @@ def cmd_report(a) -> None:
 
 
 # --------------------------------------------------------------------------- argument parsing
+def cmd_show(a) -> None:
+    """What an artifact holds and how it was made (``drdo.show``); no torch."""
+    from .show import NotAnArtifact, main as show
+
+    try:
+        text = show(a.path, a.rows, a.json)
+    except NotAnArtifact as e:
+        raise SystemExit(f"drdo show: {e}") from None
+    print(text)
+
+
 def _parser() -> argparse.ArgumentParser:
+    from .objective_names import ALIGN_METHODS, OBJECTIVES
+
     ap = argparse.ArgumentParser(prog="drdo", description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     ap.add_argument("--lineage", default=None, help="hash of the config and code upstream of the outputs")
     ap.add_argument("--expect-lineage", type=json.loads, default=None,
                     help="JSON {input: lineage}: refuse inputs made under another config or code")
-    sub = ap.add_subparsers(dest="stage", required=True)
+    sub = ap.add_subparsers(dest="stage", required=True, metavar="STAGE")
 
-    def stage(name, fn, *args):
-        sp = sub.add_parser(name)
+    def stage(name, fn, help, *args):
+        sp = sub.add_parser(name, help=help, description=help)
         sp.add_argument("--params", type=json.loads, default={}, help="JSON config subset")
         for arg in args:
             sp.add_argument(*arg[:-1] if isinstance(arg[-1], dict) else arg,
                             **(arg[-1] if isinstance(arg[-1], dict) else {"required": True}))
         sp.set_defaults(fn=fn)
 
-    stage("normalise", cmd_normalise, *((f"--{n.replace('_', '-')}", {"default": None}) for n in RAW_SOURCES),
+    stage("normalise", cmd_normalise, "raw data -> preference pairs, SFT rows, eval prompts",
+          *((f"--{n.replace('_', '-')}", {"default": None}) for n in RAW_SOURCES),
           ("--out-pairs",), ("--out-sft",), ("--out-eval",))
-    stage("base", cmd_base, ("--pairs",), ("--sft",), ("--out",))
-    stage("base-gguf", cmd_base_gguf, ("--gguf",), ("--out",))
-    stage("split", cmd_split, ("--pairs",), ("--base",), ("--out-dir",), ("--out-table5",),
-          ("--oracle-base", {"default": None}))
-    stage("train", cmd_train, ("--objective", {"required": True}),  # objectives.build names the choices
+    stage("base", cmd_base, "the starting model (tiny Llama or a pretrained one)",
+          ("--pairs",), ("--sft",), ("--out",))
+    stage("base-gguf", cmd_base_gguf, "the starting model converted from a GGUF file", ("--gguf",), ("--out",))
+    stage("split", cmd_split, "drop over-long pairs; splits all/hc_he/lc_le, Table 5",
+          ("--pairs",), ("--base",), ("--out-dir",), ("--out-table5",), ("--oracle-base", {"default": None}))
+    stage("train", cmd_train, "train SFT, the Oracle, an e-DPO RM or a policy",
+          ("--objective", {"required": True, "choices": OBJECTIVES,
+                           "help": f"what is trained: sft, oracle, rm (e-DPO ensemble member) or an alignment "
+                                   f"method ({', '.join(ALIGN_METHODS)})"}),
           ("--init",), ("--data",), ("--out",), ("--tables", {"nargs": "*", "default": []}),
           ("--resume", {"default": None}))
-    stage("table", cmd_table, ("--pairs", {"nargs": "+", "required": True}), ("--model", {"action": "append", "required": True}),
-          ("--value", {"required": True, "choices": ["reward", "logp"]}), ("--out",))
-    stage("gold-table", cmd_gold_table, ("--pairs", {"nargs": "+", "required": True}), ("--out",))
-    stage("generate", cmd_generate, ("--policy",), ("--prompts",), ("--out",))
-    stage("score", cmd_score, ("--prompts",), ("--oracle",), ("--policy",), ("--split",), ("--out",),
-          ("--generations", {"default": None}))
-    stage("report", cmd_report, ("--models", {"nargs": "+", "required": True}), ("--out",))
-    stage("winrates", cmd_winrates, ("--scores", {"nargs": "+", "required": True}), ("--out",),
-          ("--judge", {"default": None}))
-    stage("judge", cmd_judge, ("--scores", {"nargs": "+", "required": True}), ("--prompts",),
+    stage("table", cmd_table, "per-pair rewards or log-probs of frozen models",
+          ("--pairs", {"nargs": "+", "required": True}), ("--model", {"action": "append", "required": True}),
+          ("--value", {"required": True, "choices": ["reward", "logp"],
+                       "help": "reward: the reward head's value (Oracle, ensemble); logp: response log-prob (reference)"}),
+          ("--out",))
+    stage("gold-table", cmd_gold_table, "gold reward of every pair (synthetic world only)",
+          ("--pairs", {"nargs": "+", "required": True}), ("--out",))
+    stage("generate", cmd_generate, "sample a policy's responses at each temperature",
+          ("--policy",), ("--prompts",), ("--out",))
+    stage("score", cmd_score, "Oracle (and gold) reward of each generated response",
+          ("--prompts",), ("--oracle",), ("--policy",), ("--split",), ("--out",), ("--generations", {"default": None}))
+    stage("report", cmd_report, "validation metrics of trained models (validation.csv)",
+          ("--models", {"nargs": "+", "required": True}), ("--out",))
+    stage("winrates", cmd_winrates, "win-rates with bootstrap intervals (winrates.csv)",
+          ("--scores", {"nargs": "+", "required": True}), ("--out",), ("--judge", {"default": None}))
+    stage("judge", cmd_judge, "LLM-judge verdicts on the selected comparisons",
+          ("--scores", {"nargs": "+", "required": True}), ("--prompts",),
           ("--templates", {"nargs": "+", "required": True}), ("--cache",), ("--out-verdicts",), ("--out-report",))
+    show = sub.add_parser("show", help="look inside a table or model, with its provenance",
+                          description="What a Parquet or CSV table or a model directory holds, and its provenance.")
+    show.add_argument("path", help="a .parquet or .csv file, or a model directory (with manifest.json)")
+    show.add_argument("--rows", type=int, default=5, help="first rows shown (default 5)")
+    show.add_argument("--json", action="store_true", help="one JSON object with fixed keys, for scripts")
+    show.set_defaults(fn=cmd_show)
     return ap
 
 

@@ -13,6 +13,7 @@ every policy.
 from __future__ import annotations
 
 import inspect
+import logging
 
 import numpy as np
 import pandas as pd
@@ -21,6 +22,9 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from .batching import encode_prompt
+from .progress import Progress
+
+log = logging.getLogger("drdo.generate")
 
 
 def nucleus_sample(logits: torch.Tensor, temperature: torch.Tensor, top_p: float,
@@ -101,6 +105,7 @@ def generate(model, tokenizer, prompts: pd.DataFrame, temperatures: list[float],
     by_length = np.argsort([len(e) for e in encoded], kind="stable")  # little padding per batch
     ends = end_tokens(model, tokenizer)
     rows = []
+    progress = Progress(log, "generate", -(-len(encoded) // per_batch), "batches", counts=("responses",))
     for lo in range(0, len(encoded), per_batch):
         idx = by_length[lo:lo + per_batch]
         responses = sample_batch(model, [encoded[i] for i in idx], temperatures, top_p, max_new_tokens,
@@ -111,6 +116,7 @@ def generate(model, tokenizer, prompts: pd.DataFrame, temperatures: list[float],
             rows.append({"idx": int(idx[r // len(temperatures)]), "temperature": float(temperatures[r % len(temperatures)]),
                          "response": tokenizer.decode(seq, skip_special_tokens=True).strip(),
                          "finished": finished, "n_tokens": len(seq)})
+        progress.update(1, responses=len(responses))
     gen = pd.DataFrame(rows).sort_values(["temperature", "idx"], kind="stable").reset_index(drop=True)
     meta = prompts.reset_index(drop=True)[["eval_set", "prompt_id"]]
     return pd.concat([meta.iloc[gen["idx"]].reset_index(drop=True), gen.drop(columns="idx")], axis=1)

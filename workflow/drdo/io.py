@@ -101,6 +101,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def write_parquet(df: pd.DataFrame, path: str | os.PathLike, prov: dict) -> None:
+    if df.attrs:  # e.g. an input's provenance (read_parquet): pyarrow would store it as this file's
+        df = df.copy(deep=False)
+        df.attrs = {}
     table = pa.Table.from_pandas(df, preserve_index=False)
     meta = dict(table.schema.metadata or {})
     meta[PROVENANCE_KEY] = json.dumps(prov, default=str).encode()
@@ -122,7 +125,16 @@ def write_csv(df: pd.DataFrame, path: str | os.PathLike, prov: dict) -> None:
 
 
 def read_parquet(path: str | os.PathLike) -> pd.DataFrame:
-    return pq.read_table(path).to_pandas()
+    """The table, its provenance (if it has one) in ``DataFrame.attrs["provenance"]``.
+
+    pandas keeps ``attrs`` through row and column selections, and through ``concat`` only when
+    every frame has the same; ``merge`` drops them. The stages read provenance with read_provenance.
+    """
+    table = pq.read_table(path)
+    df = table.to_pandas()
+    raw = (table.schema.metadata or {}).get(PROVENANCE_KEY)
+    df.attrs = {"provenance": json.loads(raw)} if raw else {}
+    return df
 
 
 def read_provenance(path: str | os.PathLike) -> dict:

@@ -17,9 +17,7 @@ from typing import Callable
 import torch
 
 from . import losses
-
-OBJECTIVES = ("sft", "oracle", "rm", "dpo", "edpo", "drdo")
-ALIGN_METHODS = ("drdo", "dpo", "edpo")
+from .objective_names import ALIGN_METHODS, OBJECTIVES  # noqa: F401 (this module's names too)
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,17 @@ are never in memory during alignment) and to score generations.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
 from .batching import TooLong, encode
 from .modeling import LMWithRewardHead
 from .packing import as_packed_forward, pack
+from .progress import Progress
+
+log = logging.getLogger("drdo.score")
 
 
 @torch.no_grad()
@@ -32,7 +37,7 @@ def score(model, tokenizer, prompts: list[str], responses: list[str], max_length
     for i, key in enumerate(zip(prompts, documents)):
         by_prompt.setdefault(key, []).append(i)
     out = _score_groups(model, tokenizer, prompts, responses, documents, list(by_prompt.values()), max_length,
-                        batch_size, max_prompt_length, chat, logps, whole=False)
+                        batch_size, max_prompt_length, chat, logps, whole=False, label="score")
     del out["prompt_cut"]  # per sequence; n_prompt_cut counts them
     return out
 
@@ -48,7 +53,7 @@ def score_pairs(model, tokenizer, prompts: list[str], chosen: list[str], rejecte
     documents = documents if documents is not None else [None] * n
     flat = _score_groups(model, tokenizer, prompts * 2, list(chosen) + list(rejected), documents * 2,
                          [[i, n + i] for i in range(n)], max_length, batch_size, max_prompt_length, chat, logps,
-                         whole=True)
+                         whole=True, label="score pairs")
     sides = []
     for half in (slice(0, n), slice(n, 2 * n)):
         side = {k: v[half] for k, v in flat.items() if isinstance(v, np.ndarray) and k != "prompt_cut"}
@@ -59,10 +64,10 @@ def score_pairs(model, tokenizer, prompts: list[str], chosen: list[str], rejecte
 
 
 def _score_groups(model, tokenizer, prompts, responses, documents, groups, max_length, batch_size,
-                  max_prompt_length, chat, logps, whole) -> dict:
+                  max_prompt_length, chat, logps, whole, label) -> dict:
     """Scores of sequence i = (prompts[i], responses[i]); the indices in one group of ``groups``
     share a prompt, packed as one group. A sequence that cannot fit is left out (NaN), with
-    ``whole`` its whole group."""
+    ``whole`` its whole group. Progress is logged as ``label``."""
     model.eval()
     device = next(model.parameters()).device
     rewards = isinstance(model, LMWithRewardHead)
@@ -100,14 +105,17 @@ def _score_groups(model, tokenizer, prompts, responses, documents, groups, max_l
 
     # batches of at most batch_size sequences (a larger group alone), groups of similar length together
     order = np.argsort([sum(len(e.input_ids) for e in enc) for _, enc in encoded], kind="stable")
-    batch, count = [], 0
+    batches, count = [[]], 0
     for g in order:
-        if batch and count + len(encoded[g][0]) > batch_size:
-            flush(batch)
-            batch, count = [], 0
-        batch.append(g)
+        if batches[-1] and count + len(encoded[g][0]) > batch_size:
+            batches.append([])
+            count = 0
+        batches[-1].append(g)
         count += len(encoded[g][0])
-    if batch:
+    batches = [b for b in batches if b]
+    progress = Progress(log, label, len(batches), "batches", counts=("sequences",))
+    for batch in batches:
         flush(batch)
+        progress.update(1, sequences=sum(len(encoded[g][0]) for g in batch))
     out["n_prompt_cut"] = int(out["prompt_cut"].sum())
     return out

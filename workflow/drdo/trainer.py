@@ -57,6 +57,7 @@ from .batching import Encoded
 from .io import config_hash
 from .objectives import Objective
 from .packing import Packed, PackedForward, as_packed_forward, pack, shares_prefixes
+from .progress import Progress
 
 log = logging.getLogger("drdo.train")
 RESUME_META = "drdo_resume.json"
@@ -285,6 +286,8 @@ def train(model, examples: list[Example], objective: Objective, cfg: TrainConfig
              objective.name, len(examples), steps, per_step, cfg.batch_size, cfg.grad_accum, world,
              acc.distributed_type.value, acc.device)
     wrapped.train()
+    # loss, tokens/s and ETA at the first step, every tenth of the run and at least every 30 s
+    progress = Progress(log, objective.name, steps, "steps", start=start, counts=("tokens",))
     for step in range(start, steps):
         sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=acc.device))
         grad_norm = None
@@ -315,9 +318,8 @@ def train(model, examples: list[Example], objective: Objective, cfg: TrainConfig
         history.append({"step": step + 1, "lr": sched.get_last_lr()[0],
                         "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
                         **dict(zip(names, means))})
-        if step == start or (step + 1) % max(1, steps // 10) == 0:
-            log.info("step %d/%d %s", step + 1, steps,
-                     " ".join(f"{k}={v:.4g}" for k, v in history[-1].items() if k != "step"))
+        tokens = sum(len(s.input_ids) for i in order[step * per_step:(step + 1) * per_step] for s in examples[i].seqs)
+        progress.update(1, " ".join(f"{k}={v:.4g}" for k, v in history[-1].items() if k != "step"), tokens=tokens)
         if resume_path and cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < steps:
             _save_resume(acc, resume_path, {"key": key, "step": step + 1, "history": history})
     acc.wait_for_everyone()

@@ -86,6 +86,9 @@ if config["oracle"].get("base_revision") is not None and not ORACLE_BASE:
 check_revision(ORACLE_BASE or "", config["oracle"].get("base_revision"), "oracle.base_revision", "oracle.base")
 POLICIES = ["sft"] + [f"{m}-{s}" for m in METHODS for s in SPLITS]
 ENV = "../../envs/drdo.yaml"
+# envs/drdo.yaml installs this checkout from ${DRDO_REPO} (pip expands it), wherever Snakemake copies
+# the file (under .snakemake/conda/, where a path relative to the file would name another folder).
+os.environ.update(DRDO_REPO=REPO)
 
 
 wildcard_constraints:
@@ -196,6 +199,13 @@ def raw_file(name):
     if not path:
         raise ValueError(f"config key data.files.{name} must be set when data.source is 'files'")
     return path
+
+
+if config["data"]["source"] == "files":  # named by its key before any job, not as a rule's missing input
+    for _name in RAW_SOURCES:
+        if not os.path.exists(raw_file(_name)):
+            raise ValueError(f"config key data.files.{_name}: {raw_file(_name)} does not exist (a relative "
+                             f"path is read from the working directory, {os.getcwd()})")
 
 
 # ---------------------------------------------------------------- per-rule parameters

@@ -31,3 +31,5 @@ if JUDGE_ON:
             "python -m drdo --lineage {params.lineage} --expect-lineage {params.expect:q} judge --params {params.cfg:q} --scores {input.scores} --prompts {input.prompts}"
             " --templates {params.templates} --cache {params.cache} --out-verdicts {output.verdicts}"
             " --out-report {output.report} > {log} 2>&1"
+            # the job's warnings (e.g. mostly unusable verdicts) also on the run's own output
+            " && {{ grep -F ' WARNING ' {log} >&2 || true; }}"

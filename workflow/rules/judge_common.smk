@@ -1,5 +1,10 @@
 # Judge settings and checks (workflow/rules/judge.smk); nothing here runs a job.
-JUDGE = config["judge"]
+JUDGE = dict(config["judge"])
+# judge.temperatures: null judges the generation temperature closest to 0.7 (the paper leaves the
+# judged samples' temperature unstated; config/paper-*.yaml judge 0.7), the lower one on a tie.
+# Resolved here, so the job's params are those of the explicit list (the old default [0.7]).
+if JUDGE["temperatures"] is None:
+    JUDGE["temperatures"] = [min(config["generate"]["temperatures"], key=lambda t: (round(abs(t - 0.7), 9), t))]
 JUDGE_ON = JUDGE["enabled"]
 JUDGE_VERDICTS = f"{OUT}/judge/verdicts.parquet"
 
@@ -58,3 +63,24 @@ def lineage_judge():
     templates = {k: Path(judge_template(v)).read_text() for k, v in JUDGE["prompts"].items()}
     return digest("judge", [lineage_scores(p) for p in judge_policies()], lineage_data(), judge_params(),
                   templates, code("cmd_judge"))
+
+
+def judge_key_missing(jobs):
+    """The variable judge.api_key_env names when it is unset and a judge job is among ``jobs``
+    (a local served judge, or api_key_env: null, needs no key)."""
+    name = JUDGE["api_key_env"]
+    if not JUDGE_ON or JUDGE["serve"] is not None or not name or os.environ.get(name):
+        return None
+    return name if any(job.rule.name == "judge" for job in jobs) else None
+
+
+# A real run that will call the judge needs its key now, not after every model has trained.
+# Snakemake calls onstart only when jobs are about to run (never in a dry run, which needs no key).
+onstart:
+    _missing = None if workflow.touch else judge_key_missing(workflow.dag.needrun_jobs())
+    if _missing:
+        raise WorkflowError(
+            f"the judge is enabled (judge.enabled: true) and this run calls it, but the environment variable "
+            f"{_missing} (named by config key judge.api_key_env) is not set. Export it, set judge.api_key_env: "
+            "null for a server without a key, or set judge.enabled: false to leave the judge out"
+        )

@@ -3,10 +3,11 @@
 import re
 
 _judge_schema = tree_module("configschema").schema(str(Path(REPO) / "workflow" / "schemas" / "config.schema.yaml"))
+_judge_keys = _judge_schema["properties"]["judge"]["properties"]
 for _key in config.get("judge") or {}:
-    if _key not in _judge_schema["properties"]["judge"]["properties"]:
-        raise ValueError(f"config key judge.{_key} is not a judge setting (an API key belongs in the "
-                         "environment variable named by judge.api_key_env)")
+    if _key not in _judge_keys:
+        raise ValueError(tree_module("configschema").unknown_key(f"judge.{_key}", _judge_keys) + " (an API key "
+                         "belongs in the environment variable named by judge.api_key_env)")
 _key_env = (config.get("judge") or {}).get("api_key_env")
 if _key_env is not None and not (isinstance(_key_env, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", _key_env)):
     raise ValueError("config key judge.api_key_env must be the NAME of an environment variable "

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import openai
 
+from ..progress import Progress
+
 log = logging.getLogger("drdo.judge")
 # An English token is ~4 characters for GPT-style tokenizers; 3 keeps the estimate on the high side.
 CHARS_PER_TOKEN = 3.0
@@ -222,6 +224,7 @@ def run_calls(calls: list[Call], client: JudgeClient, cache: CallCache, max_conc
     usage = Usage()
     todo = [c for c in calls if c.key not in cache]
     stop = threading.Event()
+    progress = Progress(log, "judge", len(todo), "calls")
 
     def one(call: Call) -> None:
         with usage.lock:
@@ -244,9 +247,7 @@ def run_calls(calls: list[Call], client: JudgeClient, cache: CallCache, max_conc
             usage.prompt_tokens += rec["prompt_tokens"]
             usage.completion_tokens += rec["completion_tokens"]
             usage.usd += cost_usd(rec["prompt_tokens"], rec["completion_tokens"], prices)
-        done = len(cache.records)
-        if done % 50 == 0:
-            log.info("%d calls made this run, %d answers cached", usage.calls, done)
+        progress.update(1, f"${usage.usd:.4f} spent")
 
     with ThreadPoolExecutor(max_workers=max_concurrency) as pool:
         futures = [pool.submit(one, c) for c in todo]

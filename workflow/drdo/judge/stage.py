@@ -85,6 +85,7 @@ def run(a) -> None:
     table = protocol.report(verdicts, p.get("gold", False))
     with pd.option_context("display.width", 250, "display.max_columns", 30):
         log.info("judge report:\n%s", table.to_string(index=False))
+    check_usable(verdicts, table, p, a.cache)
     wall = time.time() - started
     run_info = {"model_id": model_id, "calls_needed": len(calls), "calls_cached": len(calls) - len(todo),
                 "calls_made": made.calls if made else 0,
@@ -99,3 +100,36 @@ def run(a) -> None:
     prov = {**io.provenance("judge", p, inputs), "run": run_info}
     io.write_parquet(verdicts, a.out_verdicts, prov)
     io.write_csv(table, a.out_report, prov)
+
+
+UNUSABLE_WARNING = 0.5  # share of unusable verdicts above which the job warns
+
+
+def check_usable(verdicts: pd.DataFrame, table: pd.DataFrame, p: dict, cache: str) -> None:
+    """Say it plainly when the judge's answers are mostly unusable, not only in a CSV column.
+
+    Every verdict unusable: an error (no judge win-rate exists; winrates.csv would get judge rows
+    with n = 0). More than half unusable, or a comparison without one usable outcome: a WARNING
+    with the count, the share and what to try. The answers stay cached either way: a rerun with a
+    better parser pays nothing, and a changed judge.response_format asks again.
+    """
+    total = 2 * len(verdicts)
+    unusable = int(verdicts["verdict_ab"].isna().sum() + verdicts["verdict_ba"].isna().sum())
+    if not total or not unusable:
+        return
+    if p["response_format"] == "text":
+        hint = ("try judge.response_format: json_schema (constrained JSON output; OpenAI, vLLM and llama.cpp "
+                "support it), a larger judge.max_tokens if answers are cut short, or a stronger judge.model")
+    else:
+        hint = ("check that the server honours response_format (json_schema), raise judge.max_tokens if answers "
+                "are cut short, or use a stronger judge.model")
+    said = f"{unusable} of {total} judge verdicts ({unusable / total:.0%}) are unusable (no 'Preferred: A|B')"
+    if unusable == total:
+        raw = verdicts["raw_ab"].iloc[0]
+        example = raw[:200] + ("..." if len(raw) > 200 else "")
+        raise JudgeError(f"{said}: no judge win-rate can be computed. The first answer was {example!r}; {hint}. "
+                         f"The answers are kept in {cache}.")
+    empty = int((table["n"] == 0).sum())
+    if unusable / total > UNUSABLE_WARNING or empty:
+        log.warning("%s; %d of %d comparisons have no usable outcome (their judge rows in winrates.csv have "
+                    "n = 0); %s", said, empty, len(table), hint)

@@ -1,0 +1,8 @@
+"""Names of the training objectives and of the alignment methods among them.
+
+Apart from objectives.py (which builds each and imports torch) so that the CLI can list them
+in its help without importing torch.
+"""
+
+OBJECTIVES = ("sft", "oracle", "rm", "dpo", "edpo", "drdo")
+ALIGN_METHODS = ("drdo", "dpo", "edpo")

@@ -100,13 +100,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp.parent, ignore_errors=True)
 
 
-def write_parquet(df: pd.DataFrame, path: str | os.PathLike, prov: dict) -> None:
+def write_parquet(df: pd.DataFrame, path: str | os.PathLike, prov: dict, compression: str = "snappy") -> None:
     table = pa.Table.from_pandas(df, preserve_index=False)
     meta = dict(table.schema.metadata or {})
     meta[PROVENANCE_KEY] = json.dumps(prov, default=str).encode()
     table = table.replace_schema_metadata(meta)
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+        pq.write_table(table, tmp, compression=compression)
 
 
 def provenance_sidecar(path: str | os.PathLike) -> Path:

@@ -164,7 +164,8 @@ SCORE_FILES = sorted({f for run in RUNS for f in run["scores"].values()})
 MANIFEST = [{k: run[k] for k in ("variant", "levels", "world_seed", "train_seed", "world", "scores")} for run in RUNS]
 STUDY_PARAMS = {"name": STUDY["name"], "factors": {n: {"key": f["key"], "default": DEFAULTS[n]} for n, f in FACTORS.items()},
                 "splits": SPLITS, "methods": METHODS, "scorers": BASE["winrates"]["scorers"],
-                "n_boot": STUDY.get("n_boot", 2000), "seed": STUDY.get("bootstrap_seed", 0)}
+                "unfinished": BASE["winrates"]["unfinished"],
+                "n_draws": STUDY.get("interval_draws", 4000), "seed": STUDY.get("interval_seed", 0)}
 STUDY_TEMPERATURE = STUDY.get("figure_temperature", 0.7)
 # a figure per scorer, and the Oracle-vs-gold disagreement where both exist (not on real data)
 STUDY_FIGURES = BASE["winrates"]["scorers"] + (["disagreement"] if {"oracle", "gold"} <= set(BASE["winrates"]["scorers"]) else [])

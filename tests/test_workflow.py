@@ -180,6 +180,10 @@ def test_seed_change_reruns_everything(workdir):
     ("lengths: {max_length: 100}", "lengths.max_length"),
     ("{data: {source: hub}, winrates: {scorers: [oracle]}}", "data.hub"),
     ("oracle: {base: gguf:smollm2}", "oracle.base"),
+    ("align: {methods: [drdo, drdo_x]}", "align.drdo_x"),  # a named method needs its section
+    ("align: {methods: [drdo, d2], d2: {base: dpo, gamma: 1.0}}", "gamma"),  # only its base's keys
+    ("align: {rdpo: {epsilon: 0.5}}", "epsilon"),
+    ("winrates: {unfinished: ignore}", "unfinished"),
 ])
 def test_bad_config_stops_before_any_job(tmp_path, override, key):
     proc = snakemake(tmp_path, "-n", override=override, check=False)

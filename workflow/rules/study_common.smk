@@ -77,7 +77,12 @@ def _world_key(cfg):
 
 
 def _method_key(cfg, method):
-    return json.dumps([_world_key(cfg), cfg["train"], cfg["align"]["common"], cfg["align"][method]], sort_keys=True)
+    """What a method's models depend on: its name (two methods with equal keys, e.g. cdpo and rdpo,
+    are still two models), its section and, for a named method, its base's section."""
+    section = cfg["align"][method]
+    base = section.get("base", method)
+    own = [cfg["align"][base], section] if base != method else [section]
+    return json.dumps([method, _world_key(cfg), cfg["train"], cfg["align"]["common"], *own], sort_keys=True)
 
 
 # Expand: runs in order (baseline first), worlds and method cells deduplicated by their keys.

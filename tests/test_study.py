@@ -184,8 +184,9 @@ def test_study_shares_upstream_jobs_aggregates_and_reports(tmp_path):
     # one world for the two runs: every upstream job once
     assert jobs["w0_sft"] == 1 and jobs["w0_oracle"] == 1 and jobs["w0_reward_model"] == 2
     assert jobs["w0_generate"] == 1 and jobs["w0_score_policy"] == 1  # the SFT policy, once
-    # the baseline trains the three methods; gamma=0 changes DRDO only, so it trains DRDO alone
-    assert jobs["r0_align"] == 3 and jobs["r1_align"] == 1 and sum(v for k, v in jobs.items() if k.endswith("align")) == 4
+    # the baseline trains the seven methods; gamma=0 changes align.drdo only, so it trains DRDO and
+    # the named variant that inherits it (drdo_mean) alone
+    assert jobs["r0_align"] == 7 and jobs["r1_align"] == 2 and sum(v for k, v in jobs.items() if k.endswith("align")) == 9
     assert not any(k.startswith("w1_") or k.startswith("r2_") for k in jobs)
 
     snakemake(tmp_path, *config)
@@ -201,6 +202,25 @@ def test_study_shares_upstream_jobs_aggregates_and_reports(tmp_path):
     by_level = {lvl: tuple(g.sort_values(["eval_set", "temperature", "measure", "scorer"])["mean"])
                 for lvl, g in dpo.groupby("level")}
     assert len(by_level) == 2 and len(set(by_level.values())) == 1
+    # every method, the noise-robust baselines and the named DRDO variant included, against SFT
+    methods = ["drdo", "drdo_mean", "dpo", "edpo", "cdpo", "rdpo", "ipo"]
+    assert set(table.loc[table["policy_b"] == "sft", "policy_a"]) == set(methods)
+    assert (table["n_worlds"] == 1).all() and (table["n_seeds"] == 1).all()
+    # with 12 new tokens at most, some responses hit the cap: reported per policy
+    assert table["unfinished_b"].between(0, 1).all() and (table["unfinished_b"] > 0).any()
+    assert (table.loc[table["policy_a"] == "reference", "unfinished_a"] == 0).all()
+    outcomes = pd.read_parquet(tmp_path / ROOT / "study_outcomes.parquet")
+    assert list(outcomes.columns) == study.OUTCOME_KEY + ["oracle", "gold", "disagreement", "unfinished_a",
+                                                          "unfinished_b"]
+    assert len(outcomes) == 2 * len(winrates.comparisons(methods)) * 2 * 2 * 12  # runs x pairs x sets x T x prompts
+    wr = pd.read_csv(tmp_path / ROOT / "runs" / "default" / "s0-t0" / "winrates.csv")
+    assert list(wr.columns) == winrates.COLUMNS and set(wr["policy_a"]) >= {"cdpo", "rdpo", "ipo", "drdo_mean"}
+    # the study's one-run rows are winrates.csv's numbers: the same outcome rules and interval
+    keys = ["split", "eval_set", "temperature", "policy_a", "policy_b", "scorer"]
+    same = table[(table["variant"] == "default") & (table["measure"] == "win_rate")].merge(wr, on=keys)
+    assert len(same) == len(wr) and np.allclose(same["mean"], same["win_rate"], atol=1e-4)
+    assert np.allclose(same["ci_low_x"], same["ci_low_y"], atol=1e-4) and np.allclose(same["ci_high_x"], same["ci_high_y"], atol=1e-4)
+    assert np.allclose(same["unfinished_a_x"], same["unfinished_a_y"], atol=1e-4)
     for fig in ("gold", "oracle", "disagreement"):
         assert (tmp_path / ROOT / "figures" / f"study_{fig}.png").stat().st_size > 10_000
     assert planned(snakemake(tmp_path, "-n", *config)) == {}
@@ -208,7 +228,8 @@ def test_study_shares_upstream_jobs_aggregates_and_reports(tmp_path):
     # The baseline run seen through the main Snakefile (out_dir: the run, upstream_dir: its
     # world) is the same DAG with the same lineage: the study built its figures, nothing is stale.
     run = f"{ROOT}/runs/default/s0-t0"
-    (tmp_path / "run.yaml").write_text(f"out_dir: {run}\nupstream_dir: {ROOT}/worlds/s0\nalign: {{splits: [all]}}\n")
+    align = "{splits: [all], methods: [%s], drdo_mean: {base: drdo, logp_agg: mean}}" % ", ".join(methods)
+    (tmp_path / "run.yaml").write_text(f"out_dir: {run}\nupstream_dir: {ROOT}/worlds/s0\nalign: {align}\n")
     configs = [str(REPO / "tests" / "configs" / "e2e.yaml"), str(tmp_path / "run.yaml")]
     assert (tmp_path / run / "figures" / "curves_world.png").exists()
     assert planned(snakemake(tmp_path, "-n", "figures", snakefile="Snakefile", configs=configs)) == {}

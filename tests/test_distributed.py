@@ -1,7 +1,9 @@
 """The trainer on N processes: 2 CPU ranks (DDP over gloo, and DeepSpeed ZeRO-2) with micro-batch
 b/2 end with the same weights and loss curve as 1 process with batch b; only rank 0 writes.
 
-Runs the real stage through the real launcher (``python -m drdo.launch``), as the rules do.
+Runs the real stage through the real launcher (``python -m drdo.launch``), as the rules do, with
+``--cpu-ranks`` (the config's ``resources.cpu_ranks: true``): the launcher's explicit opt-in to
+ranks on the CPU, without which a job asking for GPUs on a machine without CUDA stops.
 The first DeepSpeed run on a machine compiles a small communication extension (~60 s).
 """
 
@@ -19,6 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from precision_support import validation_under
 from drdo import io
 from drdo.base_model import tiny_llama, train_tokenizer
 from drdo.launch import command
@@ -60,7 +63,8 @@ def _train(inputs: Path, name: str, objective: str, params: dict, processes: int
             "--out", str(out), "--resume", str(inputs / ".resume" / name)]
     args += (["--data", str(inputs / "pairs.parquet"), "--tables", str(inputs / "oracle.parquet")]
              if objective == "drdo" else ["--data", str(inputs / "sft.parquet")])
-    cmd = [sys.executable, "-m", "drdo.launch", "--processes", str(processes), "--threads", "2", "--", *args]
+    cmd = [sys.executable, "-m", "drdo.launch", "--processes", str(processes), "--cpu-ranks", "--threads", "2", "--",
+           *args]
     env = {**os.environ, "PYTHONPATH": f"{REPO / 'workflow'}:{os.environ.get('PYTHONPATH', '')}"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=480)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -97,17 +101,60 @@ def test_two_zero2_ranks_reproduce_one_process(inputs):
     assert (zero / "reward_head.safetensors").exists()
 
 
+def test_bf16_one_process_ddp_and_zero2_follow_one_precision_contract(inputs):
+    """bf16 on every backend under drdo.trainer's contract (fp32 masters from the fp32 checkpoint,
+    bf16 autocast, fp32 gradients): the same losses and weights, the same saved dtype, and rank 0
+    evaluates under training's autocast.
+
+    Tolerances: the runs differ only where an fp32 summation-order difference (what the fp32
+    tests above allow, 1e-6) flips the bf16 rounding of an activation (2 ranks pack other rows than
+    1 process). Each flip moves one value by a bf16 ulp, but the loss sums hundreds of them: losses
+    within 1e-3 relative, a quarter of a bf16 ulp (measured: 2e-4). Adam moves a weight by ~lr
+    whatever its gradient's size, so a weight whose gradient is near zero may move differently;
+    all weights together differ by under 2% of what training moved them (measured: 0.3%).
+    """
+    bf16 = {**DRDO, "dtype": "bfloat16"}
+    zero2 = {**bf16, "deepspeed": str(REPO / "config" / "deepspeed" / "zero2.json")}
+    one = _train(inputs, "bf16-1", "drdo", bf16, 1)
+    runs = {"one": one, "ddp": _train(inputs, "bf16-ddp2", "drdo", bf16, 2),
+            "zero2": _train(inputs, "bf16-zero2", "drdo", zero2, 2)}
+    init, w_one = load_file(inputs / "init" / "model.safetensors"), load_file(one / "model.safetensors")
+    moved = _norm({k: w_one[k] - init[k] for k in init})
+    loss_one = pd.read_parquet(one / "metrics.parquet")["loss"].tolist()
+    for name, out in runs.items():
+        w = load_file(out / "model.safetensors")
+        head = load_file(out / "reward_head.safetensors")
+        assert {t.dtype for t in (*w.values(), *head.values())} == {torch.float32}, name  # save_dtype's default
+        assert _norm({k: w[k] - w_one[k] for k in w_one}) < 0.02 * moved, name
+        assert pd.read_parquet(out / "metrics.parquet")["loss"].tolist() == pytest.approx(loss_one, rel=1e-3), name
+        # rank 0's validation is what its saved weights give under training's autocast, not in fp32
+        # (1 process and DDP before) nor in pure bf16 (DeepSpeed's bf16 mode before)
+        args = (out, inputs / "pairs.parquet", inputs / "oracle.parquet", bf16)
+        val = io.read_provenance(out)["validation"]
+        assert val == pytest.approx(validation_under(*args, autocast=True), rel=1e-6, abs=1e-7), name
+        assert val["loss"] != pytest.approx(validation_under(*args, autocast=False)["loss"], rel=1e-6), name
+        assert io.read_provenance(out)["save_dtype"] == "float32"
+
+
+def _norm(tensors: dict) -> float:
+    return float(torch.sqrt(sum((t.double() ** 2).sum() for t in tensors.values())))
+
+
 def test_launcher_commands(monkeypatch):
     cmd, env = command(1, 4, ["train", "--params", "{}"])
     assert cmd[1:4] == ["-m", "drdo", "--threads"] and cmd[4] == "4" and env["OMP_NUM_THREADS"] == "4"
     cmd, env = command(2, 4, ["train", "--params", json.dumps({"deepspeed": "z.json"})])
     assert "--use_deepspeed" in cmd and cmd[cmd.index("--num_processes") + 1] == "2" and env["OMP_NUM_THREADS"] == "2"
     assert "--multi_gpu" in command(2, 2, ["--lineage", "abc", "train", "--params", "{}"])[0]
-    with pytest.raises(ValueError, match="resources"):
-        command(2, 2, ["generate", "--params", "{}"])
+    with pytest.raises(ValueError, match=r"config key resources\.generate\.gpu to 0 or 1"):
+        command(2, 2, ["generate", "--params", "{}"], rule="generate")
     # CPU jobs keep freed memory for reuse (no page faults per step); GPU jobs and a user's own setting are left alone
     assert command(0, 1, ["generate"])[1]["MALLOC_MMAP_THRESHOLD_"] == str(1 << 30)
     assert "MALLOC_MMAP_THRESHOLD_" not in command(1, 1, ["generate"])[1]
+    # CPU jobs (gpu: 0, or ranks on the CPU by opt-in) see no GPU; GPU jobs get theirs from main()
+    for cpu_job in (command(0, 1, ["generate"]), command(2, 2, ["train", "--params", "{}"], cpu=True)):
+        assert cpu_job[1]["CUDA_VISIBLE_DEVICES"] == "" and cpu_job[1]["DS_ACCELERATOR"] == "cpu"
+    assert "CUDA_VISIBLE_DEVICES" not in command(2, 2, ["train", "--params", "{}"])[1]
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "0")
     assert "MALLOC_TRIM_THRESHOLD_" not in command(0, 1, ["generate"])[1]
 
@@ -132,7 +179,8 @@ def test_zero2_job_killed_midway_resumes_to_the_same_weights(inputs):
             "--out", str(inputs / name), "--resume", str(inputs / ".resume" / name),
             "--data", str(inputs / "pairs.parquet"), "--tables", str(inputs / "oracle.parquet")]
     env = {**os.environ, "PYTHONPATH": f"{REPO / 'workflow'}:{os.environ.get('PYTHONPATH', '')}"}
-    proc = subprocess.Popen([sys.executable, "-m", "drdo.launch", "--processes", "2", "--threads", "2", "--", *args],
+    proc = subprocess.Popen([sys.executable, "-m", "drdo.launch", "--processes", "2", "--cpu-ranks", "--threads", "2",
+                             "--", *args],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     meta = inputs / ".resume" / name / "drdo_resume.json"
     deadline = time.monotonic() + 300

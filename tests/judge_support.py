@@ -54,7 +54,7 @@ def _scores(df: pd.DataFrame, policy: str, root: Path) -> Path:
     name, split = (policy.split("-", 1) + ["-"])[:2]
     out = df[["eval_set", "prompt_id", "temperature", "response"]].assign(
         policy=name, split=split, oracle=np.random.default_rng(len(policy)).normal(size=len(df)),
-        gold=gold.gold_rewards(df["document"], df["response"]))
+        gold=gold.gold_rewards(df["document"], df["response"]), finished=True, too_long=False)
     path = root / "scores" / f"{policy}.parquet"
     io.write_parquet(out, path, {"stage": "test"})
     return path

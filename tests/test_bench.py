@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -45,3 +47,17 @@ def test_rule_times_reads_a_snakemake_log(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| align | 2 | 149 | 90 |" in out and "100 s" in out
     assert out.index("| synthetic |  | 0 | 10 | 10 |") < out.index("| align | method=drdo, split=all | 10 | 100 | 90 |")
+
+
+def test_robust_losses_equal_trls():
+    """cdpo / rdpo / ipo against TRL's own loss code (bench extra: skipped without TRL)."""
+    pytest.importorskip("trl")
+    sys.path.insert(0, str(REPO / "bench"))
+    import robust_losses_vs_trl as cmp
+
+    results = cmp.compare(n_pairs=8, seeds=2)
+    assert {r["trl_loss_type"] for r in results} == {"robust", "ipo", "sigmoid"}
+    assert all(r["max_abs_diff"] <= 1e-12 for r in results), results
+    b = cmp._batch(8, 40, 0)  # the comparison can tell a different epsilon or tau apart
+    assert abs(cmp.our_loss(b, "rdpo", {"beta": 0.1, "epsilon": 0.1}) - cmp.trl_loss(b, "robust", 0.1, 0.2)) > 1e-3
+    assert abs(cmp.our_loss(b, "ipo", {"tau": 0.1, "logp_agg": "sum"}) - cmp.trl_loss(b, "ipo", 0.1, 0.0)) > 1e-3

@@ -31,10 +31,11 @@ def test_normalise_on_fixtures_records_drops(tmp_path):
 
 def test_failed_stage_leaves_no_output(tmp_path):
     scores = pd.DataFrame({"policy": ["drdo"], "split": ["all"], "eval_set": ["tldr"], "prompt_id": ["p"],
-                           "temperature": [0.7], "oracle": [1.0], "gold": [0.5]})
+                           "temperature": [0.7], "response": ["r"], "finished": [True], "too_long": [False],
+                           "oracle": [1.0], "gold": [0.5]})
     io.write_parquet(scores, tmp_path / "drdo.parquet", {})
     out = tmp_path / "winrates.csv"
-    params = {"splits": ["all"], "methods": ["drdo", "dpo"], "scorers": ["oracle"], "n_boot": 10, "seed": 0}
+    params = {"splits": ["all"], "methods": ["drdo", "dpo"], "scorers": ["oracle"], "unfinished": "as_scored"}
     with pytest.raises(ValueError, match="no common prompts"):
         main(["winrates", "--params", json.dumps(params), "--scores", str(tmp_path / "drdo.parquet"),
               "--out", str(out)])
@@ -58,10 +59,11 @@ def test_gold_table_and_gold_teacher_columns(tmp_path):
 
 def test_aggregate_refuses_inputs_of_another_lineage(tmp_path):
     scores = pd.DataFrame({"policy": ["drdo"], "split": ["all"], "eval_set": ["tldr"], "prompt_id": ["p"],
-                           "temperature": [0.7], "oracle": [1.0], "gold": [0.5]})
+                           "temperature": [0.7], "response": ["r"], "finished": [True], "too_long": [False],
+                           "oracle": [1.0], "gold": [0.5]})
     io.write_parquet(scores, tmp_path / "drdo.parquet", {"lineage": "old"})
     out = tmp_path / "winrates.csv"
-    params = {"splits": ["all"], "methods": ["drdo"], "scorers": ["oracle"], "n_boot": 10, "seed": 0}
+    params = {"splits": ["all"], "methods": ["drdo"], "scorers": ["oracle"], "unfinished": "as_scored"}
     with pytest.raises(ValueError, match=r"drdo\.parquet was made under lineage old.*give new"):
         main(["--expect-lineage", json.dumps({str(tmp_path / "drdo.parquet"): "new"}), "winrates",
               "--params", json.dumps(params), "--scores", str(tmp_path / "drdo.parquet"), "--out", str(out)])

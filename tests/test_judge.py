@@ -145,15 +145,15 @@ def test_templates(tmp_path):
         load_template(tmp_path / "missing.txt")
 
 
-def test_judge_table_reuses_the_winrate_bootstrap():
+def test_judge_table_reuses_the_winrate_interval():
     v = pd.DataFrame({"eval_set": "tldr", "split": "all", "policy_a": "drdo", "policy_b": "dpo", "temperature": 0.7,
                       "prompt_id": [f"p{i}" for i in range(6)], "outcome": [1, 1, 0.5, 0, np.nan, 1]})
-    t = judge_table(v, n_boot=500, seed=0)
+    t = judge_table(v)
     assert list(t.columns) == COLUMNS and t.loc[0, "scorer"] == "judge"
     assert (t.loc[0, "wins"], t.loc[0, "ties"], t.loc[0, "losses"], t.loc[0, "n"]) == (3, 1, 1, 5)
     assert t.loc[0, "win_rate"] == pytest.approx(0.7)
     assert 0 <= t.loc[0, "ci_low"] <= 0.7 <= t.loc[0, "ci_high"] <= 1
-    none = judge_table(v.assign(outcome=np.nan), n_boot=500, seed=0)  # nothing usable: no rate invented
+    none = judge_table(v.assign(outcome=np.nan))  # nothing usable: no rate invented
     assert none.loc[0, "n"] == 0 and np.isnan(none.loc[0, "win_rate"])
 
 
@@ -181,9 +181,9 @@ def test_consistent_judge_both_orders_cache_and_winrates(httpserver, inputs, tmp
     assert srv.requests == n_calls
     pd.testing.assert_frame_equal(io.read_parquet(out / "judge" / "verdicts.parquet"), v)
 
-    # winrates.csv gets scorer=judge rows with the same counts and the bootstrap interval
+    # winrates.csv gets scorer=judge rows with the same counts and the score interval
     scores = [str(f) for f in inputs["scores"].values()]
-    wparams = {"scorers": ["oracle", "gold"], "n_boot": 200, "seed": 0, "splits": ["all"], "methods": ["drdo", "dpo"]}
+    wparams = {"scorers": ["oracle", "gold"], "unfinished": "as_scored", "splits": ["all"], "methods": ["drdo", "dpo"]}
     cli.main(["winrates", "--params", json.dumps(wparams), "--scores", *scores,
               "--out", str(out / "winrates.csv"), "--judge", str(out / "judge" / "verdicts.parquet")])
     w = pd.read_csv(out / "winrates.csv")

@@ -1,12 +1,13 @@
-"""Losses against hand-computed values, the standard formulas, and Appendix A.5 (Eq. 30)."""
+"""Losses against hand-computed values, the standard formulas, Appendix A.5 (Eq. 30) and autograd."""
 
 import math
 
 import pytest
 import torch
 
-from drdo.losses import (bradley_terry_loss, dpo_loss, drdo_loss, edpo_loss, log1mexp,
-                         oracle_loss)
+from drdo import objectives
+from drdo.losses import (bradley_terry_loss, cdpo_loss, dpo_loss, drdo_loss, edpo_loss, ipo_loss, log1mexp,
+                         oracle_loss, rdpo_loss)
 
 t = lambda *xs: torch.tensor(xs, dtype=torch.float64)  # noqa: E731
 
@@ -132,3 +133,76 @@ def test_log1mexp_stable_over_whole_range(dtype):
     naive = torch.log(1 - torch.exp(torch.tensor([-1e-8], dtype=torch.float32)))
     assert not torch.isfinite(naive).all()
     assert log1mexp(torch.tensor([-1e4], dtype=dtype)).item() == 0.0
+
+
+# --------------------------------------------------------------------------- noise-robust baselines
+# The DPO hand case: margin h = 1, beta 0.1: log(1 + e^-0.1) = 0.6443966600, log(1 + e^0.1) = 0.7443966600.
+L_POS, L_NEG = 0.6443966600, 0.7443966600
+
+
+def _random_logps(n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return tuple(-10 * torch.rand(n, generator=g, dtype=torch.float64) for _ in range(4))
+
+
+def test_cdpo_hand_value_and_soft_label_cross_entropy():
+    loss, terms = cdpo_loss(t(-1.0), t(-2.0), t(-1.5), t(-1.5), beta=0.1, epsilon=0.1)
+    assert loss.item() == pytest.approx(0.9 * L_POS + 0.1 * L_NEG, abs=1e-9)
+    assert terms["implicit_acc"].item() == 1.0
+    # Mitchell (2023): cDPO is the cross-entropy of sigmoid(beta h) against the soft label 1 - eps
+    pw, pl, rw, rl = _random_logps()
+    z = 0.5 * ((pw - rw) - (pl - rl))
+    soft = torch.nn.functional.binary_cross_entropy_with_logits(z, torch.full_like(z, 0.8))
+    assert cdpo_loss(pw, pl, rw, rl, 0.5, 0.2)[0].item() == pytest.approx(soft.item(), rel=1e-12)
+    assert cdpo_loss(pw, pl, rw, rl, 0.5, 0.0)[0].item() == pytest.approx(dpo_loss(pw, pl, rw, rl, 0.5)[0].item())
+
+
+def test_rdpo_hand_value_and_unbiased_for_flipped_labels():
+    loss, _ = rdpo_loss(t(-1.0), t(-2.0), t(-1.5), t(-1.5), beta=0.1, epsilon=0.1)
+    assert loss.item() == pytest.approx((0.9 * L_POS - 0.1 * L_NEG) / 0.8, abs=1e-9)
+    # Chowdhury et al. (2024): averaged over a label flipped with probability eps (the pair's
+    # sides swapped), the loss is DPO's on the clean label, pair by pair
+    pw, pl, rw, rl = _random_logps(seed=1)
+    for eps in (0.1, 0.3, 0.45):
+        for i in range(8):
+            kept = rdpo_loss(pw[i:i + 1], pl[i:i + 1], rw[i:i + 1], rl[i:i + 1], 0.5, eps)[0]
+            flipped = rdpo_loss(pl[i:i + 1], pw[i:i + 1], rl[i:i + 1], rw[i:i + 1], 0.5, eps)[0]
+            clean = dpo_loss(pw[i:i + 1], pl[i:i + 1], rw[i:i + 1], rl[i:i + 1], 0.5)[0]
+            assert ((1 - eps) * kept + eps * flipped).item() == pytest.approx(clean.item(), rel=1e-10)
+    assert rdpo_loss(pw, pl, rw, rl, 0.5, 0.0)[0].item() == pytest.approx(dpo_loss(pw, pl, rw, rl, 0.5)[0].item())
+
+
+def test_rdpo_gradient_matches_its_formula():
+    pw, pl, rw, rl = _random_logps(n=16, seed=2)
+    pw.requires_grad_(True)
+    beta, eps = 0.5, 0.2
+    rdpo_loss(pw, pl, rw, rl, beta, eps)[0].backward()
+    z = beta * ((pw - rw) - (pl - rl)).detach()
+    # d/dz [(1 - e) l(z) - e l(-z)] / (1 - 2e) = [-(1 - e) sigmoid(-z) - e sigmoid(z)] / (1 - 2e)
+    expected = beta * (-(1 - eps) * torch.sigmoid(-z) - eps * torch.sigmoid(z)) / (1 - 2 * eps) / len(z)
+    assert torch.allclose(pw.grad, expected, rtol=1e-10, atol=0)
+
+
+def test_ipo_hand_value_and_gradient():
+    # h = (-1 + 1.5) - (-2 + 1.5) = 1; (1 - 1 / (2 * 0.1))^2 = 16; at tau = 0.5 the target is 1
+    assert ipo_loss(t(-1.0), t(-2.0), t(-1.5), t(-1.5), tau=0.1)[0].item() == pytest.approx(16.0)
+    assert ipo_loss(t(-1.0), t(-2.0), t(-1.5), t(-1.5), tau=0.5)[0].item() == pytest.approx(0.0)
+    pw, pl, rw, rl = _random_logps(n=16, seed=3)
+    pw.requires_grad_(True)
+    ipo_loss(pw, pl, rw, rl, 0.25)[0].backward()
+    h = ((pw - rw) - (pl - rl)).detach()
+    assert torch.allclose(pw.grad, 2 * (h - 2.0) / len(h), rtol=1e-12)
+
+
+def test_ipo_objective_aggregates_policy_and_reference_alike():
+    out = {"logp_w": t(-6.0), "logp_l": t(-12.0), "ntok_w": t(3.0), "ntok_l": t(4.0)}
+    tables = {"ref_logp_chosen": t(-9.0), "ref_logp_rejected": t(-8.0)}
+    mean = objectives.build("ipo", {"tau": 0.5, "logp_agg": "mean"})
+    # per-token: (-6 + 9) / 3 - (-12 + 8) / 4 = 1 + 1 = 2; (2 - 1)^2 = 1
+    assert mean.loss(out, tables)[0].item() == pytest.approx(1.0) and mean.columns == ("ref_logp_chosen", "ref_logp_rejected")
+    summed = objectives.build("ipo", {"tau": 0.5, "logp_agg": "sum"})
+    assert summed.loss(out, tables)[0].item() == pytest.approx((3 + 4 - 1) ** 2)
+    with pytest.raises(ValueError, match="logp_agg"):
+        objectives.build("ipo", {"tau": 0.5, "logp_agg": "max"})
+    with pytest.raises(ValueError, match="align.rdpo.epsilon"):
+        objectives.build("rdpo", {"beta": 0.1, "epsilon": 0.5})

@@ -291,6 +291,7 @@ def test_score_shares_each_prompt_among_its_responses(tok, head_model, monkeypat
     monkeypatch.setattr("drdo.scoring.pack", lambda *a, **k: stored.append(int(real_pack(*a, **k).group.ge(0).sum())) or real_pack(*a, **k))
     grouped = score(head_model, tok, prompts, responses, max_length=64, batch_size=8)
     assert grouped["n_too_long"] == 1 and np.isnan(grouped["reward"][3]) and np.isnan(grouped["logp"][3])
+    assert grouped["too_long"].tolist() == [i == 3 for i in range(8)]  # marks exactly the NaN row
     for i in (0, 1, 2, 4, 5, 6, 7):
         one = score(head_model, tok, [prompts[i]], [responses[i]], max_length=64)
         assert grouped["reward"][i] == pytest.approx(one["reward"][0], rel=1e-4, abs=1e-5)
@@ -321,6 +322,7 @@ def test_score_pairs_equals_scoring_each_side_alone(tok, head_model, monkeypatch
         np.testing.assert_allclose(out["logp"][:3], alone["logp"], rtol=1e-4, atol=1e-4)
         np.testing.assert_array_equal(out["ntok"][:3], alone["ntok"])
         assert np.isnan(out["reward"][3]) and np.isnan(out["logp"][3]) and out["n_too_long"] == 1
+        assert out["too_long"].tolist() == [False, False, False, True]
     assert paired_tokens < sum(int(x) for x in widths)  # each prompt once, not twice
 
 def test_build_base_takes_a_local_model_directory(tok, tmp_path):

@@ -186,7 +186,7 @@ def test_reward_only_forward_never_runs_the_lm_head(tiny, tok, monkeypatch):
     monkeypatch.setattr(head, "forward", lambda x: calls.append(x.shape) or torch.nn.Linear.forward(head, x))
     prompts, responses = [TEXTS[0], TEXTS[2], "a"], [TEXTS[1], "cat", "b c"]
     out = score(tiny, tok, prompts, responses, max_length=64, batch_size=2, logps=False)
-    assert not calls and set(out) == {"ntok", "reward", "n_too_long", "n_prompt_cut"}
+    assert not calls and set(out) == {"ntok", "reward", "n_too_long", "n_prompt_cut", "too_long"}
     full = score(tiny, tok, prompts, responses, max_length=64, batch_size=2)
     assert sum(n for n, _ in calls) == full["ntok"].sum()  # the head saw response positions only
     torch.testing.assert_close(torch.tensor(out["reward"]), torch.tensor(full["reward"]))

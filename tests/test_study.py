@@ -1,5 +1,6 @@
 """Studies (workflow/study.smk, drdo.study) and the report's figures (drdo.plots, rule `figures`)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -7,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
-from drdo import io, study, winrates
+from drdo import intervals, io, study, winrates
 
 REPO = Path(__file__).resolve().parents[1]
 STUDY = REPO / "tests" / "configs" / "study-e2e.yaml"
@@ -17,26 +19,50 @@ ROOT = "results/study-e2e"
 
 
 # --------------------------------------------------------------------------- aggregation (fast)
-def _scores(policy, split, oracle, gold, temps=(0.7,)):
+def _scores(policy, split, oracle, gold, temps=(0.7,), texts=None, finished=None):
     rows = []
     for t in temps:
         for i, (o, g) in enumerate(zip(oracle, gold)):
             rows.append({"eval_set": "tldr", "prompt_id": i, "temperature": np.nan if policy == "reference" else t,
-                         "response": "x", "policy": policy, "split": split, "oracle": o, "gold": g})
+                         "response": texts[i] if texts else f"{policy} {split} {i} {t}", "policy": policy,
+                         "split": split, "oracle": o, "gold": g, "too_long": bool(np.isnan(o)),
+                         "finished": finished[i] if finished else True})
     return pd.DataFrame(rows)
+
+
+PARAMS = {"name": "t", "factors": {"gamma": {"key": "align.drdo.gamma", "default": 2.0}}, "splits": ["all"],
+          "methods": ["drdo", "dpo"], "scorers": ["oracle", "gold"], "unfinished": "as_scored", "n_draws": 1000,
+          "seed": 0}
+
+
+def _files(tmp_path, frames):
+    files = {}
+    for name, df in frames.items():
+        files[name] = str(tmp_path / f"{name}.parquet")
+        io.write_parquet(df, files[name], {"stage": "test"})
+    return files
 
 
 def test_run_outcomes_count_ties_half_and_disagreement():
     scores = pd.concat([
         _scores("sft", "-", [0, 0, 0, 0], [0, 0, 0, 0]),
         _scores("reference", "-", [9, 9, 9, 9], [9, 9, 9, 9]),
-        _scores("drdo", "all", [1, 1, 0, -1], [1, -1, 0, 0]),   # oracle: W W T L ; gold: W L T T
-        _scores("dpo", "all", [0, 0, 0, 0], [0, 0, 0, 0]),
+        # oracle: W W T L W ; gold: W L T T W, but prompt 4's two responses are the same text
+        _scores("drdo", "all", [1, 1, 0, -1, 1e-6], [1, -1, 0, 0, 0], texts=["a", "b", "c", "d", "same"],
+                finished=[True, True, True, False, True]),
+        _scores("dpo", "all", [0, 0, 0, 0, 0], [0, 0, 0, 0, 0], texts=["e", "f", "g", "h", "same"]),
     ], ignore_index=True)
+    scores = scores[~((scores["policy"].isin(["sft", "reference"])) & (scores["prompt_id"] == 4))]
+    scores = pd.concat([scores, _scores("sft", "-", [0] * 5, [0] * 5).tail(1),
+                        _scores("reference", "-", [9] * 5, [9] * 5).tail(1)], ignore_index=True)
     o = study.run_outcomes(scores, ["drdo", "dpo"], ["all"], ["oracle", "gold"])
     d = o[(o["policy_a"] == "drdo") & (o["policy_b"] == "dpo")].sort_values("prompt_id")
-    assert d["oracle"].tolist() == [1, 1, 0.5, 0] and d["gold"].tolist() == [1, 0, 0.5, 0.5]
-    assert d["disagreement"].tolist() == [0, 1, 0, 0.5]
+    assert d["oracle"].tolist() == [1, 1, 0.5, 0, 0.5] and d["gold"].tolist() == [1, 0, 0.5, 0.5, 0.5]
+    assert d["disagreement"].tolist() == [0, 1, 0, 0.5, 0]
+    assert d["unfinished_a"].tolist() == [False, False, False, True, False] and not d["unfinished_b"].any()
+    lost = study.run_outcomes(scores, ["drdo", "dpo"], ["all"], ["oracle", "gold"], unfinished="loss")
+    d = lost[(lost["policy_a"] == "drdo") & (lost["policy_b"] == "dpo")].sort_values("prompt_id")
+    assert d["oracle"].tolist() == [1, 1, 0.5, 0, 0.5] and d["gold"].tolist() == [1, 0, 0.5, 0, 0.5]
     assert set(zip(o["policy_a"], o["policy_b"])) == {("drdo", "dpo"), ("drdo", "sft"), ("dpo", "sft"),
                                                       ("reference", "drdo"), ("reference", "dpo")}
 
@@ -45,65 +71,92 @@ def test_run_outcomes_count_ties_half_and_disagreement():
 def test_unscorable_prompts_are_left_out_as_winrates_does(tmp_path):
     """A response too long to score (NaN) drops the prompt from that scorer's measures only."""
     nan = float("nan")
-    files = {}
-    for name, df in {"sft": _scores("sft", "-", [0] * 4, [0] * 4),
-                     "reference": _scores("reference", "-", [9] * 4, [9] * 4),
-                     "drdo-all": _scores("drdo", "all", [1, nan, 1, -1], [1, 1, 1, -1]),
-                     "dpo-all": _scores("dpo", "all", [0] * 4, [0] * 4)}.items():
-        files[name] = str(tmp_path / f"{name}.parquet")
-        io.write_parquet(df, files[name], {"stage": "test"})
+    files = _files(tmp_path, {"sft": _scores("sft", "-", [0] * 4, [0] * 4),
+                              "reference": _scores("reference", "-", [9] * 4, [9] * 4),
+                              "drdo-all": _scores("drdo", "all", [1, nan, 1, -1], [1, 1, 1, -1]),
+                              "dpo-all": _scores("dpo", "all", [0] * 4, [0] * 4)})
     runs = [{"variant": "default", "levels": {}, "world_seed": 0, "train_seed": 0, "world": "s0", "scores": files}]
-    params = {"name": "t", "factors": {"gamma": {"key": "align.drdo.gamma", "default": 2.0}}, "splits": ["all"],
-              "methods": ["drdo", "dpo"],
-              "scorers": ["oracle", "gold"], "n_boot": 50, "seed": 0}
-    _, per_run = study.aggregate(runs, params)
+    _, per_run = study.aggregate(runs, PARAMS)
     sel = per_run[(per_run["policy_a"] == "drdo") & (per_run["policy_b"] == "dpo")].set_index("measure")
     by_scorer = sel[sel.index == "win_rate"].set_index("scorer")
     assert by_scorer.loc["oracle", "n_prompts"] == 3 and by_scorer.loc["oracle", "value"] == 2 / 3
     assert by_scorer.loc["gold", "n_prompts"] == 4 and by_scorer.loc["gold", "value"] == 0.75
     assert sel.loc["disagreement", "n_prompts"] == 3
     scores = pd.concat([io.read_parquet(f) for f in files.values()], ignore_index=True)
-    wr = winrates.winrate_table(scores, ["all"], ["drdo", "dpo"], ["oracle", "gold"], 50, 0)
+    wr = winrates.winrate_table(scores, ["all"], ["drdo", "dpo"], ["oracle", "gold"])
     row = wr[(wr["policy_a"] == "drdo") & (wr["policy_b"] == "dpo") & (wr["scorer"] == "oracle")].iloc[0]
     assert row["n"] == 3 and row["win_rate"] == 2 / 3  # the same rule as winrates.csv
+    # a missing score that is not marked too long is an error, not a dropped prompt
+    bad = _scores("drdo", "all", [1, nan, 1, -1], [1, 1, 1, -1]).assign(too_long=False)
+    runs[0]["scores"] = {**files, **_files(tmp_path, {"drdo-bad": bad})}
+    del runs[0]["scores"]["drdo-all"]
+    with pytest.raises(ValueError, match=r"drdo-bad\.parquet: row 1 .* has no oracle score"):
+        study.aggregate(runs, PARAMS)
 
-def test_two_level_interval_widens_with_seed_variance():
+def test_interval_follows_the_design():
+    """Several worlds: the interval over world means; one world: over its seeds x prompts; one
+    run: the score interval of winrates.csv."""
     rng = np.random.default_rng(0)
-    same = [np.r_[np.ones(30), np.zeros(70)] for _ in range(3)]  # three seeds, all at 0.3
-    spread = [np.r_[np.ones(k), np.zeros(100 - k)] for k in (10, 30, 50)]  # seeds at 0.1, 0.3, 0.5
-    lo1, hi1 = study.two_level_interval(same, 2000, rng)
-    lo2, hi2 = study.two_level_interval(spread, 2000, rng)
-    assert lo1 < 0.3 < hi1 and hi1 - lo1 < 0.15  # prompt noise only
-    assert lo2 < 0.3 < hi2 and hi2 - lo2 > 0.25  # seeds disagree: much wider
-    ragged = [np.r_[np.ones(5), np.zeros(5)], np.r_[np.ones(20), np.zeros(20)]]
-    lo3, hi3 = study.two_level_interval(ragged, 500, rng)
-    assert 0 <= lo3 <= 0.5 <= hi3 <= 1
+    y = (rng.random((5, 2, 100)) < np.array([0.1, 0.3, 0.5, 0.2, 0.4])[:, None, None]).astype(float)
+    mean, lo, hi, n_worlds = study.interval(y, 1000, 0)
+    assert n_worlds == 5 and (mean, lo, hi) == pytest.approx(intervals.world_interval(y, 1000, 0))
+    one = study.interval(y[:1], 1000, 0)
+    assert one[3] == 1 and one[:3] == pytest.approx(intervals.crossed_interval(y[0]))
+    run = study.interval(y[:1, :1], 1000, 0)
+    assert run[:3] == pytest.approx((y[0, 0].mean(), *map(float, intervals.score_interval(y[0, 0]))))
+    assert run[:3] == pytest.approx((y[0, 0].mean(), *[winrates.outcome_stats(y[0, 0])[k] for k in ("ci_low", "ci_high")]))
+    # a world none of whose prompts could be scored is not a world of the estimate
+    y[4] = np.nan
+    assert study.interval(y, 1000, 0)[3] == 4
+    # spread between worlds widens it; the prompts of one world do not make up for that
+    agree = np.broadcast_to((rng.random((1, 1, 100)) < 0.3).astype(float), (5, 2, 100))
+    assert study.interval(agree, 1000, 0)[2] - study.interval(agree, 1000, 0)[1] < 0.1 < hi - lo
 
 
 def test_aggregate_rows_per_factor_level(tmp_path):
-    files = {}
-    for name, df in {"sft": _scores("sft", "-", [0] * 4, [0] * 4),
-                     "reference": _scores("reference", "-", [9] * 4, [9] * 4),
-                     "drdo-all": _scores("drdo", "all", [1, 1, 1, -1], [1, -1, -1, -1]),
-                     "drdo-g0": _scores("drdo", "all", [1, 1, 1, 1], [1, 1, 1, 1]),
-                     "dpo-all": _scores("dpo", "all", [0] * 4, [0] * 4)}.items():
-        files[name] = str(tmp_path / f"{name}.parquet")
-        io.write_parquet(df, files[name], {"stage": "test"})
+    files = _files(tmp_path, {"sft": _scores("sft", "-", [0] * 4, [0] * 4),
+                              "reference": _scores("reference", "-", [9] * 4, [9] * 4),
+                              "drdo-all": _scores("drdo", "all", [1, 1, 1, -1], [1, -1, -1, -1],
+                                                  finished=[True, False, True, True]),
+                              "drdo-g0": _scores("drdo", "all", [1, 1, 1, 1], [1, 1, 1, 1]),
+                              "dpo-all": _scores("dpo", "all", [0] * 4, [0] * 4)})
     base = {p: files[p] for p in ("sft", "reference", "drdo-all", "dpo-all")}
     runs = [{"variant": "default", "levels": {}, "world_seed": s, "train_seed": 0, "world": f"s{s}", "scores": base}
             for s in (0, 1)]
     runs += [{"variant": "gamma=0.0", "levels": {"gamma": 0.0}, "world_seed": s, "train_seed": 0, "world": f"s{s}",
               "scores": {**base, "drdo-all": files["drdo-g0"]}} for s in (0, 1)]
-    params = {"name": "t", "factors": {"gamma": {"key": "align.drdo.gamma", "default": 2.0}}, "splits": ["all"],
-              "methods": ["drdo", "dpo"], "scorers": ["oracle", "gold"], "n_boot": 200, "seed": 0}
-    table, per_run = study.aggregate(runs, params)
+    table, per_run = study.aggregate(runs, PARAMS)
     assert list(table.columns) == study.COLUMNS
     sel = table[(table["policy_a"] == "drdo") & (table["policy_b"] == "dpo")].set_index(["level", "measure", "scorer"])
     assert sel.loc[("2.0", "win_rate", "gold"), "mean"] == 0.25 and sel.loc[("2.0", "win_rate", "oracle"), "mean"] == 0.75
     assert sel.loc[("2.0", "disagreement", "oracle_vs_gold"), "mean"] == 0.5
     assert sel.loc[("0.0", "win_rate", "gold"), "mean"] == 1.0 and bool(sel.loc[("2.0", "win_rate", "gold"), "is_default"])
-    assert (table["n_seeds"] == 2).all() and ((table["ci_low"] <= table["mean"]) & (table["mean"] <= table["ci_high"])).all()
+    assert (table["n_seeds"] == 2).all() and (table["n_worlds"] == 2).all()
+    assert ((table["ci_low"] <= table["mean"]) & (table["mean"] <= table["ci_high"])).all()
     assert len(per_run) == 2 * len(table)  # two seeds behind every row
+    assert sel.loc[("2.0", "win_rate", "gold"), "unfinished_a"] == 0.25 and sel.loc[("0.0", "win_rate", "gold"), "unfinished_a"] == 0
+    assert (table.loc[table["policy_b"] != "drdo", "unfinished_b"] == 0).all()
+    # the per-prompt outcomes give the same table without the score files
+    allp = study.collect(runs, PARAMS)
+    assert list(allp.columns) == study.OUTCOME_KEY + ["oracle", "gold", "disagreement", "unfinished_a", "unfinished_b"]
+    again, _ = study.aggregate([{**r, "scores": {}} for r in runs], PARAMS, allp)
+    pd.testing.assert_frame_equal(again, table)
+
+
+def test_cli_keeps_the_outcomes_and_recomputes_from_them(tmp_path):
+    files = _files(tmp_path, {"sft": _scores("sft", "-", [0] * 4, [0] * 4),
+                              "reference": _scores("reference", "-", [9] * 4, [9] * 4),
+                              "drdo-all": _scores("drdo", "all", [1, 1, 1, -1], [1, -1, -1, -1]),
+                              "dpo-all": _scores("dpo", "all", [0] * 4, [0] * 4)})
+    runs = [{"variant": "default", "levels": {}, "world_seed": s, "train_seed": 0, "world": f"s{s}", "scores": files}
+            for s in (0, 1)]
+    args = ["--runs", json.dumps(runs), "--params", json.dumps(PARAMS)]
+    assert study.main([*args, "--out", str(tmp_path / "a" / "study.csv")]) == 0
+    kept = tmp_path / "a" / "study_outcomes.parquet"
+    assert pq.ParquetFile(kept).metadata.row_group(0).column(0).compression == "ZSTD"
+    assert study.main([*args, "--outcomes", str(kept), "--out", str(tmp_path / "b" / "study.csv")]) == 0
+    assert (tmp_path / "a" / "study.csv").read_text() == (tmp_path / "b" / "study.csv").read_text()
+    assert not (tmp_path / "b" / "study_outcomes.parquet").exists()
 
 
 # --------------------------------------------------------------------------- workflow (e2e)
@@ -131,8 +184,9 @@ def test_study_shares_upstream_jobs_aggregates_and_reports(tmp_path):
     # one world for the two runs: every upstream job once
     assert jobs["w0_sft"] == 1 and jobs["w0_oracle"] == 1 and jobs["w0_reward_model"] == 2
     assert jobs["w0_generate"] == 1 and jobs["w0_score_policy"] == 1  # the SFT policy, once
-    # the baseline trains the three methods; gamma=0 changes DRDO only, so it trains DRDO alone
-    assert jobs["r0_align"] == 3 and jobs["r1_align"] == 1 and sum(v for k, v in jobs.items() if k.endswith("align")) == 4
+    # the baseline trains the seven methods; gamma=0 changes align.drdo only, so it trains DRDO and
+    # the named variant that inherits it (drdo_mean) alone
+    assert jobs["r0_align"] == 7 and jobs["r1_align"] == 2 and sum(v for k, v in jobs.items() if k.endswith("align")) == 9
     assert not any(k.startswith("w1_") or k.startswith("r2_") for k in jobs)
 
     snakemake(tmp_path, *config)
@@ -148,6 +202,25 @@ def test_study_shares_upstream_jobs_aggregates_and_reports(tmp_path):
     by_level = {lvl: tuple(g.sort_values(["eval_set", "temperature", "measure", "scorer"])["mean"])
                 for lvl, g in dpo.groupby("level")}
     assert len(by_level) == 2 and len(set(by_level.values())) == 1
+    # every method, the noise-robust baselines and the named DRDO variant included, against SFT
+    methods = ["drdo", "drdo_mean", "dpo", "edpo", "cdpo", "rdpo", "ipo"]
+    assert set(table.loc[table["policy_b"] == "sft", "policy_a"]) == set(methods)
+    assert (table["n_worlds"] == 1).all() and (table["n_seeds"] == 1).all()
+    # with 12 new tokens at most, some responses hit the cap: reported per policy
+    assert table["unfinished_b"].between(0, 1).all() and (table["unfinished_b"] > 0).any()
+    assert (table.loc[table["policy_a"] == "reference", "unfinished_a"] == 0).all()
+    outcomes = pd.read_parquet(tmp_path / ROOT / "study_outcomes.parquet")
+    assert list(outcomes.columns) == study.OUTCOME_KEY + ["oracle", "gold", "disagreement", "unfinished_a",
+                                                          "unfinished_b"]
+    assert len(outcomes) == 2 * len(winrates.comparisons(methods)) * 2 * 2 * 12  # runs x pairs x sets x T x prompts
+    wr = pd.read_csv(tmp_path / ROOT / "runs" / "default" / "s0-t0" / "winrates.csv")
+    assert list(wr.columns) == winrates.COLUMNS and set(wr["policy_a"]) >= {"cdpo", "rdpo", "ipo", "drdo_mean"}
+    # the study's one-run rows are winrates.csv's numbers: the same outcome rules and interval
+    keys = ["split", "eval_set", "temperature", "policy_a", "policy_b", "scorer"]
+    same = table[(table["variant"] == "default") & (table["measure"] == "win_rate")].merge(wr, on=keys)
+    assert len(same) == len(wr) and np.allclose(same["mean"], same["win_rate"], atol=1e-4)
+    assert np.allclose(same["ci_low_x"], same["ci_low_y"], atol=1e-4) and np.allclose(same["ci_high_x"], same["ci_high_y"], atol=1e-4)
+    assert np.allclose(same["unfinished_a_x"], same["unfinished_a_y"], atol=1e-4)
     for fig in ("gold", "oracle", "disagreement"):
         assert (tmp_path / ROOT / "figures" / f"study_{fig}.png").stat().st_size > 10_000
     assert planned(snakemake(tmp_path, "-n", *config)) == {}
@@ -155,7 +228,8 @@ def test_study_shares_upstream_jobs_aggregates_and_reports(tmp_path):
     # The baseline run seen through the main Snakefile (out_dir: the run, upstream_dir: its
     # world) is the same DAG with the same lineage: the study built its figures, nothing is stale.
     run = f"{ROOT}/runs/default/s0-t0"
-    (tmp_path / "run.yaml").write_text(f"out_dir: {run}\nupstream_dir: {ROOT}/worlds/s0\nalign: {{splits: [all]}}\n")
+    align = "{splits: [all], methods: [%s], drdo_mean: {base: drdo, logp_agg: mean}}" % ", ".join(methods)
+    (tmp_path / "run.yaml").write_text(f"out_dir: {run}\nupstream_dir: {ROOT}/worlds/s0\nalign: {align}\n")
     configs = [str(REPO / "tests" / "configs" / "e2e.yaml"), str(tmp_path / "run.yaml")]
     assert (tmp_path / run / "figures" / "curves_world.png").exists()
     assert planned(snakemake(tmp_path, "-n", "figures", snakefile="Snakefile", configs=configs)) == {}

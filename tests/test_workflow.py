@@ -62,7 +62,8 @@ def workdir(tmp_path_factory):
 def test_winrates_table(workdir):
     w = pd.read_csv(workdir / OUT / "winrates.csv")
     assert list(w.columns) == ["eval_set", "split", "policy_a", "policy_b", "temperature", "scorer",
-                               "wins", "ties", "losses", "n", "win_rate", "ci_low", "ci_high"]
+                               "wins", "ties", "losses", "n", "win_rate", "ci_low", "ci_high", "unfinished_a",
+                               "unfinished_b", "n_too_long"]
     # 3 method pairs + 3 vs SFT + 3 reference-vs-method, per split, eval set, temperature, scorer
     assert len(w) == 9 * 3 * 2 * 2 * 2
     assert set(w["split"]) == {"all", "hc_he", "lc_le"} and set(w["scorer"]) == {"oracle", "gold"}
@@ -70,6 +71,9 @@ def test_winrates_table(workdir):
     assert ((w["ci_low"] <= w["win_rate"]) & (w["win_rate"] <= w["ci_high"])).all()
     expected = (w["wins"] + 0.5 * w["ties"]) / w["n"]
     assert (abs(w["win_rate"] - expected) < 1e-3).all()
+    # 12 new tokens at most: some responses hit the cap (counted, scored as they are); the reference never
+    assert w["unfinished_b"].between(0, 1).all() and (w["unfinished_b"] > 0).any() and (w["n_too_long"] == 0).all()
+    assert (w.loc[w["policy_a"] == "reference", "unfinished_a"] == 0).all()
 
 
 def test_the_winrates_target_builds_every_table_of_the_results(workdir):
@@ -195,6 +199,10 @@ def test_seed_change_reruns_everything(workdir):
     ("lengths: {max_length: 100}", "lengths.max_length"),
     ("{data: {source: hub}, winrates: {scorers: [oracle]}}", "data.hub"),
     ("oracle: {base: gguf:smollm2}", "oracle.base"),
+    ("align: {methods: [drdo, drdo_x]}", "align.drdo_x"),  # a named method needs its section
+    ("align: {methods: [drdo, d2], d2: {base: dpo, gamma: 1.0}}", "gamma"),  # only its base's keys
+    ("align: {rdpo: {epsilon: 0.5}}", "epsilon"),
+    ("winrates: {unfinished: ignore}", "unfinished"),
 ])
 def test_bad_config_stops_before_any_job(tmp_path, override, key):
     proc = snakemake(tmp_path, "-n", override=override, check=False)

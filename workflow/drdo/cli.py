@@ -22,7 +22,7 @@ import pandas as pd
 
 from . import gguf, gold, io
 from .data import loaders, splits
-from .winrates import judge_table, winrate_table
+from .winrates import judge_table, read_scores, winrate_table
 
 if TYPE_CHECKING:
     from .trainer import Example
@@ -371,8 +371,11 @@ def cmd_score(a) -> None:
     if out["n_too_long"]:
         log.warning("%d responses longer than max_length=%d allows: not scored (NaN), left out of the "
                     "win-rates", out["n_too_long"], a.params["max_length"])
+    # finished: the generation ended with EOS (references always do); too_long: the Oracle could
+    # not score it whole (its reward is NaN, and the win-rates leave that prompt out)
+    finished = gen["finished"].astype(bool) if a.generations else True
     scores = gen[["eval_set", "prompt_id", "temperature", "response"]].assign(
-        policy=a.policy, split=a.split, oracle=out["reward"])
+        policy=a.policy, split=a.split, oracle=out["reward"], finished=finished, too_long=out["too_long"])
     if "gold" in a.params:  # the synthetic world's true reward; real text has none
         scores["gold"] = gold.gold_rewards(gen["document"], gen["response"], a.params["gold"])
     for (eval_set, temp), g in scores.groupby(["eval_set", "temperature"], dropna=False):
@@ -384,11 +387,11 @@ def cmd_score(a) -> None:
 
 def cmd_winrates(a) -> None:
     p = a.params
-    scores = pd.concat([io.read_parquet(f) for f in a.scores], ignore_index=True)
-    table = winrate_table(scores, p["splits"], p["methods"], p["scorers"], p["n_boot"], p["seed"])
+    scores = read_scores(a.scores, p["scorers"])
+    table = winrate_table(scores, p["splits"], p["methods"], p["scorers"], p["unfinished"])
     inputs = {Path(f).stem: f for f in a.scores}
-    if a.judge:  # the LLM judge's rows (judge.enabled), same columns and bootstrap
-        table = pd.concat([table, judge_table(io.read_parquet(a.judge), p["n_boot"], p["seed"])], ignore_index=True)
+    if a.judge:  # the LLM judge's rows (judge.enabled), same columns and interval
+        table = pd.concat([table, judge_table(io.read_parquet(a.judge))], ignore_index=True)
         inputs["judge"] = a.judge
     io.write_csv(table, a.out, io.provenance("winrates", p, inputs))
     log.info("wrote %d rows to %s", len(table), a.out)

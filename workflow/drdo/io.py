@@ -100,7 +100,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp.parent, ignore_errors=True)
 
 
-def write_parquet(df: pd.DataFrame, path: str | os.PathLike, prov: dict) -> None:
+def write_parquet(df: pd.DataFrame, path: str | os.PathLike, prov: dict, compression: str = "snappy") -> None:
     if df.attrs:  # e.g. an input's provenance (read_parquet): pyarrow would store it as this file's
         df = df.copy(deep=False)
         df.attrs = {}
@@ -109,7 +109,7 @@ def write_parquet(df: pd.DataFrame, path: str | os.PathLike, prov: dict) -> None
     meta[PROVENANCE_KEY] = json.dumps(prov, default=str).encode()
     table = table.replace_schema_metadata(meta)
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+        pq.write_table(table, tmp, compression=compression)
 
 
 def provenance_sidecar(path: str | os.PathLike) -> Path:

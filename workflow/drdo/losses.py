@@ -95,3 +95,39 @@ def drdo_loss(z_w, z_l, rhat_w, rhat_l, rstar_w, rstar_l, alpha: float, gamma: f
                   "p_w": (1 - one_minus_pw).detach().mean(),
                   "student_reward_acc": (rhat_w > rhat_l).float().mean(),
                   "implicit_acc": (z_w > z_l).float().mean()}
+
+
+# ---------------------------------------------------------------- noise-robust baselines
+# The three take DPO's inputs; h = (pi_w - ref_w) - (pi_l - ref_l) is the implicit reward margin.
+def _margin_terms(name: str, loss: torch.Tensor, scaled_margin: torch.Tensor) -> dict:
+    return {name: loss.detach(), "implicit_acc": (scaled_margin > 0).float().mean(),
+            "implicit_margin": scaled_margin.detach().mean()}
+
+
+def cdpo_loss(pi_w, pi_l, ref_w, ref_l, beta: float, epsilon: float):
+    """Conservative DPO (Mitchell 2023, "A note on DPO with noisy preferences & relationship to
+    IPO"): DPO's cross-entropy against labels that are right with probability 1 - epsilon,
+    L = -(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h)."""
+    z = beta * ((pi_w - ref_w) - (pi_l - ref_l))
+    loss = (-(1.0 - epsilon) * F.logsigmoid(z) - epsilon * F.logsigmoid(-z)).mean()
+    return loss, _margin_terms("cdpo", loss, z)
+
+
+def rdpo_loss(pi_w, pi_l, ref_w, ref_l, beta: float, epsilon: float):
+    """Robust DPO (Chowdhury et al. 2024, "Provably Robust DPO: Aligning Language Models with
+    Noisy Feedback", the de-biased loss of Sec. 3): for labels flipped with a known probability
+    epsilon < 1/2, L = [(1 - eps) l(beta h) - eps l(-beta h)] / (1 - 2 eps), l(z) = -log sigmoid(z),
+    whose expectation over the label noise is DPO's loss on the clean labels."""
+    z = beta * ((pi_w - ref_w) - (pi_l - ref_l))
+    loss = ((-(1.0 - epsilon) * F.logsigmoid(z) + epsilon * F.logsigmoid(-z)) / (1.0 - 2.0 * epsilon)).mean()
+    return loss, _margin_terms("rdpo", loss, z)
+
+
+def ipo_loss(pi_w, pi_l, ref_w, ref_l, tau: float):
+    """IPO (Azar et al. 2023, "A General Theoretical Paradigm to Understand Learning from Human
+    Preferences", Eq. 17): L = (h - 1 / (2 tau))^2, h the log-ratio margin without a beta (tau is
+    the regularisation). Whether h is built from summed or per-token mean log-probs is the
+    caller's (objectives.py, ``align.ipo.logp_agg``)."""
+    h = (pi_w - ref_w) - (pi_l - ref_l)
+    loss = (h - 1.0 / (2.0 * tau)).pow(2).mean()
+    return loss, _margin_terms("ipo", loss, h)

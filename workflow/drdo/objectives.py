@@ -62,6 +62,28 @@ def build(name: str, p: dict) -> Objective:
                                    t["ref_logp_rejected"], p["beta"])
 
         return Objective("dpo", True, False, ref_cols, loss)
+    if name in ("cdpo", "rdpo"):  # DPO's inputs, a noise-aware loss (losses.py)
+        eps = p["epsilon"]
+        if not 0.0 <= eps < (0.5 if name == "rdpo" else 1.0):
+            raise ValueError(f"align.{name}.epsilon must be in [0, {0.5 if name == 'rdpo' else 1}), got {eps!r}")
+        fn = losses.cdpo_loss if name == "cdpo" else losses.rdpo_loss
+
+        def loss(out, t):
+            return fn(out["logp_w"], out["logp_l"], t["ref_logp_chosen"], t["ref_logp_rejected"], p["beta"], eps)
+
+        return Objective(name, True, False, ref_cols, loss)
+    if name == "ipo":
+        agg = p["logp_agg"]
+        _aggregate({"logp_w": 0.0, "ntok_w": 1.0}, "w", agg)  # an unknown aggregation fails here, not mid-run
+
+        def loss(out, t):
+            # the reference's log-probs are of the same tokens: the same aggregation
+            ref = {"logp_w": t["ref_logp_chosen"], "logp_l": t["ref_logp_rejected"],
+                   "ntok_w": out["ntok_w"], "ntok_l": out["ntok_l"]}
+            return losses.ipo_loss(_aggregate(out, "w", agg), _aggregate(out, "l", agg),
+                                   _aggregate(ref, "w", agg), _aggregate(ref, "l", agg), p["tau"])
+
+        return Objective("ipo", True, False, ref_cols, loss)
     if name == "edpo":
         k = p["ensemble_size"]
         rm_cols = tuple(f"rm{i}_{side}" for i in range(k) for side in ("chosen", "rejected"))

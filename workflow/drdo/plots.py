@@ -123,8 +123,15 @@ def lengths(generations: list[str]) -> plt.Figure:
 STUDY_PAIRS = [("drdo", "dpo"), ("drdo", "edpo"), ("drdo", "sft"), ("dpo", "sft"), ("edpo", "sft")]
 
 
+def study_pairs(table: pd.DataFrame) -> list[tuple[str, str]]:
+    """The comparisons a study figure shows: DRDO against the paper's baselines, and every
+    other method (the noise-robust baselines, named DRDO variants) against SFT."""
+    methods = list(dict.fromkeys(table.loc[table["policy_b"] == "sft", "policy_a"]))
+    return STUDY_PAIRS + [(m, "sft") for m in methods if (m, "sft") not in STUDY_PAIRS]
+
+
 def study(table: pd.DataFrame, scorer: str, temperature: float) -> plt.Figure:
-    """Mean over seeds with its 95% interval, for each factor level (filled: the default),
+    """Mean over runs with its 95% interval, for each factor level (filled: the default),
     one panel per comparison and eval set."""
     measure = "disagreement" if scorer == "disagreement" else "win_rate"
     t = table[table["measure"] == measure]
@@ -133,7 +140,7 @@ def study(table: pd.DataFrame, scorer: str, temperature: float) -> plt.Figure:
     temps = np.array(sorted(t["temperature"].unique()))
     temp = float(temps[np.argmin(np.abs(temps - temperature))])
     t = t[t["temperature"] == temp]
-    pairs = [p for p in STUDY_PAIRS if ((t["policy_a"] == p[0]) & (t["policy_b"] == p[1])).any()]
+    pairs = [p for p in study_pairs(t) if ((t["policy_a"] == p[0]) & (t["policy_b"] == p[1])).any()]
     t = t.assign(row=t["factor"] + " = " + t["level"])
     rows = list(dict.fromkeys(t.sort_values(["factor", "level"])["row"]))
     sets, splits = sorted(t["eval_set"].unique()), sorted(t["split"].unique())
@@ -160,7 +167,7 @@ def study(table: pd.DataFrame, scorer: str, temperature: float) -> plt.Figure:
     for ax in axes[-1]:
         ax.set_xlabel("disagreement rate" if measure == "disagreement" else "win-rate of A over B")
     axes[0][0].legend(fontsize=6, loc="lower left")
-    fig.suptitle(f"T = {temp:g}; mean over seeds, 95% two-level bootstrap (seeds, then prompts); filled = default level")
+    fig.suptitle(f"T = {temp:g}; mean over worlds and seeds, 95% interval over worlds (study.csv); filled = default level")
     fig.tight_layout()
     return fig
 

@@ -30,7 +30,7 @@ def score(model, tokenizer, prompts: list[str], responses: list[str], max_length
     (``packing.pack``): the same values as scoring each alone, to float summation order.
 
     Prompts are cut as in training and generation (``batching.encode``); a response that
-    cannot fit ``max_length`` is never cut: its row gets NaN and counts in ``n_too_long``.
+    cannot fit ``max_length`` is never cut: its row gets NaN, ``too_long`` and counts in ``n_too_long``.
     """
     documents = documents if documents is not None else [None] * len(prompts)
     by_prompt: dict[tuple, list[int]] = {}
@@ -118,4 +118,7 @@ def _score_groups(model, tokenizer, prompts, responses, documents, groups, max_l
         flush(batch)
         progress.update(1, sequences=sum(len(encoded[g][0]) for g in batch))
     out["n_prompt_cut"] = int(out["prompt_cut"].sum())
+    out["too_long"] = np.ones(n, dtype=bool)  # per sequence: left out (NaN) because it cannot fit
+    for kept, _ in encoded:
+        out["too_long"][kept] = False
     return out

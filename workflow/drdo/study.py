@@ -1,15 +1,23 @@
-"""Aggregate a study (workflow/study.smk): win-rates per run, then over seeds.
+"""Aggregate a study (workflow/study.smk): win-rates per run, then over worlds and seeds.
 
 A run is one world seed x one training seed x one variant. Per run and prompt, the outcome of
-A vs B is 1 / 0.5 / 0 (win / tie / loss) by each scorer, as in ``drdo.winrates``; the
-Oracle-vs-gold disagreement of a prompt is |outcome by Oracle - outcome by gold| (1 when they
-pick different winners, 0.5 when one of them calls a tie). A prompt a scorer could not score
-(NaN: too long) is left out of that scorer's measures, as ``winrates`` does. A run's value is the mean over its
-prompts; a variant's value is the mean over its runs (seeds), and its 95% interval is a
-two-level percentile bootstrap: resample the runs, then the prompts within each resampled run,
-so the interval holds both the training variance across seeds and the prompt sampling.
+A vs B is 1 / 0.5 / 0 (win / tie / loss) by each scorer, by the rules of ``drdo.winrates``
+(identical responses tie; a response too long to score leaves the prompt out of that scorer;
+unfinished responses by ``winrates.unfinished``); the Oracle-vs-gold disagreement of a prompt
+is |outcome by Oracle - outcome by gold| (1 when they pick different winners, 0.5 when one of
+them calls a tie). These per-prompt outcomes are kept (``study_outcomes.parquet``), so every
+number of the table can be recomputed from them (``summarise``) without training anything.
+
+A run's value is the mean over its prompts, a world's the mean over its runs, and a
+variant's the mean over its worlds: the estimate of the mean over the population of worlds,
+training seeds and prompts. The runs of one world share its data, SFT model, Oracle and eval
+prompts, so the world is the independent unit: with two or more worlds the 95% interval is
+``intervals.world_interval`` on the world means (prompt and seed variance are inside them);
+with one world it is about that world alone: ``intervals.crossed_interval`` over its seeds x
+shared prompts, or with one seed ``intervals.score_interval`` over prompts (as winrates.csv).
 
     python -m drdo.study --runs JSON --params JSON --out study.csv [--expect-lineage JSON]
+    python -m drdo.study --outcomes study_outcomes.parquet --runs JSON --params JSON --out study.csv
 """
 
 from __future__ import annotations
@@ -24,87 +32,132 @@ import numpy as np
 import pandas as pd
 
 from . import io
-from .winrates import comparisons, outcomes, policy_rows
+from .intervals import crossed_interval, score_interval, world_interval
+from .winrates import comparisons, outcomes, pair_frame, read_scores
 
 log = logging.getLogger("drdo.study")
 
-INTERVAL = "95% two-level percentile bootstrap (runs, then prompts within each run)"
+INTERVAL = ("95%: >= 2 worlds: hull of the t interval (W - 1 df) on world means and the logit-normal generalised "
+            "interval; 1 world: crossed seeds x prompts ANOVA interval (Satterthwaite df), or with 1 seed the "
+            "continuity-corrected score interval over prompts")
 COLUMNS = ["study", "factor", "level", "is_default", "variant", "split", "eval_set", "temperature", "measure",
-           "scorer", "policy_a", "policy_b", "n_seeds", "n_prompts", "mean", "seed_sd", "ci_low", "ci_high"]
+           "scorer", "policy_a", "policy_b", "n_worlds", "n_seeds", "n_prompts", "mean", "seed_sd", "ci_low", "ci_high",
+           "unfinished_a", "unfinished_b"]
 RUN_COLUMNS = ["variant", "world_seed", "train_seed", "split", "eval_set", "temperature", "measure", "scorer",
                "policy_a", "policy_b", "n_prompts", "value"]
+# per prompt and run: the outcome by each scorer (NaN: left out), the disagreement, and whether
+# A's and B's responses hit the generation cap
+OUTCOME_KEY = ["variant", "world_seed", "train_seed", "split", "policy_a", "policy_b", "eval_set", "temperature",
+               "prompt_id"]
 
 
-def run_outcomes(scores: pd.DataFrame, methods: list[str], splits: list[str], scorers: list[str]) -> pd.DataFrame:
+def run_outcomes(scores: pd.DataFrame, methods: list[str], splits: list[str], scorers: list[str],
+                 unfinished: str = "as_scored") -> pd.DataFrame:
     """Per-prompt outcomes of one run: split, policy_a, policy_b, eval_set, temperature,
-    prompt_id, and one column per scorer plus ``disagreement`` (when both scorers are there)."""
-    key = ["eval_set", "prompt_id"]
+    prompt_id, one column per scorer, ``disagreement`` (when both scorers are there) and
+    ``unfinished_a`` / ``unfinished_b``."""
     frames = []
     for split in splits:
         for a, b in comparisons(methods):
-            left, right = policy_rows(scores, a, split, scorers), policy_rows(scores, b, split, scorers)
-            on = key if a == "reference" else key + ["temperature"]
-            m = left.merge(right, on=on, suffixes=("_a", "_b"), validate="one_to_many" if a == "reference" else "one_to_one")
-            if m.empty or len(m) != len(right):
-                raise ValueError(f"{a} and {b} on split {split} were not scored on the same prompts")
+            m = pair_frame(scores, a, b, split, scorers)
             out = m[["eval_set", "prompt_id", "temperature"]].assign(split=split, policy_a=a, policy_b=b)
             for s in scorers:
-                out[s] = outcomes(m[f"{s}_a"].to_numpy() - m[f"{s}_b"].to_numpy())
+                out[s] = outcomes(m, s, unfinished)
             if {"oracle", "gold"} <= set(scorers):
                 out["disagreement"] = np.abs(out["oracle"] - out["gold"])
+            out["unfinished_a"] = ~m["finished_a"].to_numpy(dtype=bool)
+            out["unfinished_b"] = ~m["finished_b"].to_numpy(dtype=bool)
             frames.append(out)
     return pd.concat(frames, ignore_index=True)
 
 
-def two_level_interval(runs: list[np.ndarray], n_boot: int, rng: np.random.Generator) -> tuple[float, float]:
-    """Percentile interval of the mean over runs, resampling runs and then prompts in each."""
-    s = len(runs)
-    pick = rng.integers(0, s, size=(n_boot, s))
-    if len({len(r) for r in runs}) == 1:
-        o, p = np.stack(runs), len(runs[0])
-        means = o[pick[..., None], rng.integers(0, p, size=(n_boot, s, p))].mean(axis=(1, 2))
-    else:  # runs with different prompt counts: resample each run separately
-        per_run = [r[rng.integers(0, len(r), size=(n_boot, s, len(r)))].mean(axis=-1) for r in runs]
-        draws = np.stack(per_run)  # (run, boot, slot)
-        means = draws[pick, np.arange(n_boot)[:, None], np.arange(s)[None, :]].mean(axis=1)
-    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
-
-
-def aggregate(runs: list[dict], params: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(study table, per-run table) from the run manifest written by workflow/study.smk."""
-    scorers, methods, splits = params["scorers"], params["methods"], params["splits"]
-    measures = [(s, "win_rate", s) for s in scorers]
+def measures(scorers: list[str]) -> list[tuple[str, str, str]]:
+    """(outcome column, measure, scorer) of the study table."""
+    out = [(s, "win_rate", s) for s in scorers]
     if {"oracle", "gold"} <= set(scorers):
-        measures.append(("disagreement", "disagreement", "oracle_vs_gold"))
+        out.append(("disagreement", "disagreement", "oracle_vs_gold"))
+    return out
+
+
+def interval(y: np.ndarray, n_draws: int, seed: int) -> tuple[float, float, float, int]:
+    """(mean, low, high, worlds) of one comparison's outcomes ``y[world, seed, prompt]`` (NaN: no
+    outcome; a world's prompts are its own)."""
+    y = y[~np.isnan(y).all(axis=(1, 2))]  # worlds with at least one outcome
+    if len(y) == 0:
+        return np.nan, np.nan, np.nan, 0
+    if len(y) > 1:
+        mean, lo, hi = world_interval(y, n_draws, seed)
+        return float(mean), float(lo), float(hi), len(y)
+    runs = y[0][~np.isnan(y[0]).all(axis=1)]  # [seeds with a value, prompts]
+    runs = runs[:, ~np.isnan(runs).all(axis=0)]
+    mean = float(np.mean(np.nanmean(runs, axis=1)))
+    complete = runs[:, ~np.isnan(runs).any(axis=0)]  # prompts every seed could score
+    if len(runs) > 1 and complete.shape[1] > 1:
+        _, lo, hi = crossed_interval(complete)
+    else:
+        lo, hi = score_interval(runs.ravel())
+    return mean, float(lo), float(hi), 1
+
+
+def _cube(g: pd.DataFrame, cols: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``g[cols]`` as an array [world, seed, prompt, col] (NaN where a run has no such prompt),
+    with the world and training seed of each index."""
+    worlds, w = np.unique(g["world_seed"].to_numpy(), return_inverse=True)
+    seeds, s = np.unique(g["train_seed"].to_numpy(), return_inverse=True)
+    _, p = np.unique(g["_prompt"].to_numpy(), return_inverse=True)
+    y = np.full((len(worlds), len(seeds), p.max() + 1, len(cols)), np.nan)
+    y[w, s, p] = g[cols].to_numpy(dtype=float)
+    return y, worlds, seeds
+
+
+def summarise(allp: pd.DataFrame, params: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(table per variant, per-run table) from the per-prompt outcomes of every run."""
+    group = ["variant", "split", "eval_set", "temperature", "policy_a", "policy_b"]
+    meas = measures(params["scorers"])
+    cols = [c for c, _, _ in meas]
+    # a prompt is a (world, eval set, prompt id): every world draws its own prompts
+    allp = allp.assign(_prompt=allp.groupby(["world_seed", "eval_set", "prompt_id"], sort=False).ngroup())
+    run_rows, rows = [], []
+    for gkey, g in allp.groupby(group, sort=True, dropna=False):
+        unfinished = {"unfinished_a": float(g["unfinished_a"].mean()), "unfinished_b": float(g["unfinished_b"].mean())}
+        y, worlds, seeds = _cube(g, cols)
+        with np.errstate(invalid="ignore"):
+            counts, sums = (~np.isnan(y)).sum(axis=2), np.nansum(y, axis=2)  # [world, seed, col]
+        for k, (col, measure, scorer) in enumerate(meas):
+            has = counts[..., k] > 0  # a run with no scorable prompt has no value
+            if not has.any():
+                continue
+            run_means = sums[..., k][has] / counts[..., k][has]
+            for (wi, si) in zip(*np.nonzero(has)):
+                run_rows.append({**dict(zip(group, gkey)), "world_seed": worlds[wi], "train_seed": seeds[si],
+                                 "measure": measure, "scorer": scorer, "n_prompts": int(counts[wi, si, k]),
+                                 "value": sums[wi, si, k] / counts[wi, si, k]})
+            mean, lo, hi, n_worlds = interval(y[..., k], params["n_draws"], params["seed"])
+            rows.append({**dict(zip(group, gkey)), "measure": measure, "scorer": scorer, "n_worlds": n_worlds,
+                         "n_seeds": int(has.sum()), "n_prompts": int(counts[..., k][has].mean()), "mean": mean,
+                         "seed_sd": run_means.std(ddof=1) if len(run_means) > 1 else np.nan,
+                         "ci_low": lo, "ci_high": hi, **unfinished})
+    return pd.DataFrame(rows), pd.DataFrame(run_rows)[RUN_COLUMNS]
+
+
+def collect(runs: list[dict], params: dict) -> pd.DataFrame:
+    """Per-prompt outcomes of every run of the manifest (``OUTCOME_KEY``, scorers, disagreement,
+    unfinished flags), from its score files."""
+    scorers = params["scorers"]
     per_prompt = []
     for run in runs:
-        scores = pd.concat([io.read_parquet(f) for f in run["scores"].values()], ignore_index=True)
-        o = run_outcomes(scores, methods, splits, scorers)
+        scores = read_scores(list(run["scores"].values()), scorers)
+        o = run_outcomes(scores, params["methods"], params["splits"], scorers, params["unfinished"])
         per_prompt.append(o.assign(variant=run["variant"], world_seed=run["world_seed"], train_seed=run["train_seed"]))
-    allp = pd.concat(per_prompt, ignore_index=True).sort_values(
-        ["variant", "world_seed", "train_seed", "split", "policy_a", "policy_b", "eval_set", "temperature", "prompt_id"])
-    group = ["variant", "split", "eval_set", "temperature", "policy_a", "policy_b"]
-    run_key = ["world_seed", "train_seed"]
+    allp = pd.concat(per_prompt, ignore_index=True)
+    cols = OUTCOME_KEY + [c for c, _, _ in measures(scorers)] + ["unfinished_a", "unfinished_b"]
+    return allp[cols].sort_values(OUTCOME_KEY, ignore_index=True)
 
-    run_rows, rows = [], []
-    rng = np.random.default_rng(params["seed"])
-    for gkey, g in allp.groupby(group, sort=True, dropna=False):
-        g_runs = [r for _, r in g.groupby(run_key, sort=True)]
-        for col, measure, scorer in measures:
-            values = [r[col].dropna().to_numpy() for r in g_runs]
-            keys = [k for (k, _), v in zip(g.groupby(run_key, sort=True), values) if len(v)]
-            values = [v for v in values if len(v)]  # a run with no scorable prompt has no value
-            if not values:
-                continue
-            run_means = np.array([v.mean() for v in values])
-            for (ws, ts), v in zip(keys, values):
-                run_rows.append({**dict(zip(group, gkey)), "world_seed": ws, "train_seed": ts, "measure": measure,
-                                 "scorer": scorer, "n_prompts": len(v), "value": v.mean()})
-            lo, hi = two_level_interval(values, params["n_boot"], rng)
-            rows.append({**dict(zip(group, gkey)), "measure": measure, "scorer": scorer, "n_seeds": len(values),
-                         "n_prompts": int(np.mean([len(v) for v in values])), "mean": run_means.mean(),
-                         "seed_sd": run_means.std(ddof=1) if len(values) > 1 else np.nan, "ci_low": lo, "ci_high": hi})
-    by_variant = pd.DataFrame(rows)
+
+def aggregate(runs: list[dict], params: dict, allp: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(study table, per-run table) from the run manifest written by workflow/study.smk, and
+    the per-prompt outcomes (``collect``; read from the score files when not given)."""
+    by_variant, per_run = summarise(collect(runs, params) if allp is None else allp, params)
 
     # One block per factor level: the level's variant, or the baseline at the factor's default.
     levels = {}
@@ -119,7 +172,7 @@ def aggregate(runs: list[dict], params: dict) -> tuple[pd.DataFrame, pd.DataFram
             blocks.append(block.assign(factor=name, level=json.loads(level), is_default=level == default))
     table = pd.concat(blocks, ignore_index=True).assign(study=params["name"])
     table["level"] = table["level"].map(lambda v: json.dumps(v) if isinstance(v, (list, dict)) else str(v))
-    return table[COLUMNS], pd.DataFrame(run_rows)[RUN_COLUMNS]
+    return table[COLUMNS], per_run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,17 +181,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=json.loads, required=True, help="JSON list of runs (variant, levels, seeds, scores)")
     ap.add_argument("--params", type=json.loads, required=True)
     ap.add_argument("--expect-lineage", type=json.loads, default=None)
-    ap.add_argument("--out", required=True, help="study.csv; the per-run values go beside it (study_runs.csv)")
+    ap.add_argument("--outcomes", default=None,
+                    help="recompute from this study_outcomes.parquet instead of reading the score files")
+    ap.add_argument("--out", required=True,
+                    help="study.csv; the per-run values (study_runs.csv) and, from score files, the per-prompt "
+                         "outcomes (study_outcomes.parquet) go beside it")
     a = ap.parse_args(argv)
     if a.expect_lineage:
         io.check_lineage(a.expect_lineage)
-    table, per_run = aggregate(a.runs, a.params)
-    inputs = {f"{r['variant']}/s{r['world_seed']}-t{r['train_seed']}/{p}": f
-              for r in a.runs for p, f in r["scores"].items()}
+    out = Path(a.out)
+    if a.outcomes:
+        allp, inputs = io.read_parquet(a.outcomes), {"outcomes": a.outcomes}
+    else:
+        allp = collect(a.runs, a.params)
+        inputs = {f"{r['variant']}/s{r['world_seed']}-t{r['train_seed']}/{p}": f
+                  for r in a.runs for p, f in r["scores"].items()}
+    table, per_run = aggregate(a.runs, a.params, allp)
     prov = io.provenance("study", {**a.params, "interval": INTERVAL}, inputs)
-    io.write_csv(per_run, Path(a.out).with_name("study_runs.csv"), prov)
-    io.write_csv(table, a.out, prov)
-    log.info("wrote %d rows (%d runs) to %s", len(table), len(a.runs), a.out)
+    if not a.outcomes:
+        io.write_parquet(allp, out.with_name("study_outcomes.parquet"), prov, compression="zstd")
+    io.write_csv(per_run, out.with_name("study_runs.csv"), prov)
+    io.write_csv(table, out, prov)
+    log.info("wrote %d rows (%d runs, %d per-prompt outcomes) to %s", len(table), len(a.runs), len(allp), out)
     return 0
 
 

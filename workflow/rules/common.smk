@@ -47,6 +47,31 @@ BASE_GGUF = str(gguf.resolve(_gguf_model, "model.name_or_path")) if _gguf_model 
 if config["model"]["name_or_path"] == "tiny" or BASE_GGUF:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 METHODS = config["align"]["methods"]
+# Align methods: an objective's own section (align.drdo, ...), or a named method: a section
+# align.<name> with `base` (the objective it runs) and overrides of that base's keys.
+OBJECTIVE_METHODS = ("drdo", "dpo", "edpo", "cdpo", "rdpo", "ipo")
+
+
+def method_base(method):
+    """The objective a method runs (itself, or a named method's `base`)."""
+    if method in OBJECTIVE_METHODS:
+        return method
+    section = config["align"].get(method)
+    if not isinstance(section, dict) or "base" not in section:
+        raise ValueError(f"config key align.methods: {method!r} is neither one of {list(OBJECTIVE_METHODS)} nor a "
+                         f"named method (a section align.{method} with a `base`)")
+    return section["base"]
+
+
+def method_config(method):
+    """The method's align keys: its base's section, then a named method's overrides."""
+    base = method_base(method)
+    own = {k: v for k, v in config["align"][method].items() if k != "base"} if base != method else {}
+    return {**config["align"][base], **own}
+
+
+for _m in METHODS:
+    method_base(_m)
 SPLITS = config["align"]["splits"]
 MEMBERS = list(range(config["ensemble"]["size"]))
 GOLD = config["synthetic"].get("gold", {})  # gold-reward parameters of the synthetic world
@@ -92,10 +117,10 @@ os.environ.update(DRDO_REPO=REPO)
 
 
 wildcard_constraints:
-    method="drdo|dpo|edpo",
+    method="|".join(METHODS),
     split="all|hc_he|lc_le",
     member=r"\d+",
-    policy=r"sft|(drdo|dpo|edpo)-(all|hc_he|lc_le)",
+    policy=rf"sft|({'|'.join(METHODS)})-(all|hc_he|lc_le)",
 
 
 def as_json(obj):
@@ -109,13 +134,14 @@ def repo_path(path):
 
 
 def train_params(*sections):
-    """``train`` defaults overridden by each named section in turn, e.g. ("align", "drdo")."""
+    """``train`` defaults overridden by each section in turn: a dotted config key, e.g.
+    "align.common", or a dict of keys."""
     params = {**config["train"], **TOKENS, **LOADING}
     for path in sections:
         node = config
-        for key in path.split("."):
+        for key in ([] if isinstance(path, dict) else path.split(".")):
             node = node[key]
-        params.update(node)
+        params.update(path if isinstance(path, dict) else node)
     if params.get("deepspeed"):  # its content, not its path: an edit re-runs the jobs, a move does not
         try:
             params["deepspeed"] = json.loads(Path(repo_path(params["deepspeed"])).read_text())
@@ -161,8 +187,9 @@ def digest(*parts):
 if TASK == "ultrafeedback" and config["data"]["source"] == "synthetic":
     raise ValueError("config key data.source: task ultrafeedback reads files or the hub, not the synthetic world")
 if config["data"]["source"] != "synthetic":
-    if config["align"]["drdo"]["teacher"] == "gold":
-        raise ValueError("config key align.drdo.teacher: 'gold' exists only for data.source: synthetic")
+    for _m in ["drdo"] + [m for m in METHODS if method_base(m) == "drdo"]:
+        if method_config(_m)["teacher"] == "gold":
+            raise ValueError(f"config key align.{_m}.teacher: 'gold' exists only for data.source: synthetic")
     if "gold" in config["winrates"]["scorers"]:
         raise ValueError("config key winrates.scorers: 'gold' exists only for data.source: synthetic")
 
@@ -247,17 +274,21 @@ def member_params(member):
 
 
 def align_params(method):
-    params = train_params("align.common", f"align.{method}")
-    if method == "edpo":
+    params = train_params("align.common", method_config(method))
+    if method_base(method) == "edpo":
         params["ensemble_size"] = config["ensemble"]["size"]
     return as_json(params)
 
 
-METHOD_TABLES = {  # the precomputed tables a method reads: the only data difference between methods
-    "drdo": [f"{config['align']['drdo']['teacher']}_rewards"],
-    "dpo": ["reference_logps"],
-    "edpo": ["reference_logps", "ensemble_rewards"],
-}
+def _tables(method):
+    """The precomputed tables a method reads: the only data difference between methods."""
+    base = method_base(method)
+    if base == "drdo":
+        return [f"{method_config(method)['teacher']}_rewards"]
+    return ["reference_logps", "ensemble_rewards"] if base == "edpo" else ["reference_logps"]
+
+
+METHOD_TABLES = {m: _tables(m) for m in METHODS}
 
 
 def method_tables(wildcards):

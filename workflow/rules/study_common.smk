@@ -77,7 +77,12 @@ def _world_key(cfg):
 
 
 def _method_key(cfg, method):
-    return json.dumps([_world_key(cfg), cfg["train"], cfg["align"]["common"], cfg["align"][method]], sort_keys=True)
+    """What a method's models depend on: its name (two methods with equal keys, e.g. cdpo and rdpo,
+    are still two models), its section and, for a named method, its base's section."""
+    section = cfg["align"][method]
+    base = section.get("base", method)
+    own = [cfg["align"][base], section] if base != method else [section]
+    return json.dumps([method, _world_key(cfg), cfg["train"], cfg["align"]["common"], *own], sort_keys=True)
 
 
 # Expand: runs in order (baseline first), worlds and method cells deduplicated by their keys.
@@ -164,7 +169,8 @@ SCORE_FILES = sorted({f for run in RUNS for f in run["scores"].values()})
 MANIFEST = [{k: run[k] for k in ("variant", "levels", "world_seed", "train_seed", "world", "scores")} for run in RUNS]
 STUDY_PARAMS = {"name": STUDY["name"], "factors": {n: {"key": f["key"], "default": DEFAULTS[n]} for n, f in FACTORS.items()},
                 "splits": SPLITS, "methods": METHODS, "scorers": BASE["winrates"]["scorers"],
-                "n_boot": STUDY.get("n_boot", 2000), "seed": STUDY.get("bootstrap_seed", 0)}
+                "unfinished": BASE["winrates"]["unfinished"],
+                "n_draws": STUDY.get("interval_draws", 4000), "seed": STUDY.get("interval_seed", 0)}
 STUDY_TEMPERATURE = STUDY.get("figure_temperature", 0.7)
 # a figure per scorer, and the Oracle-vs-gold disagreement where both exist (not on real data)
 STUDY_FIGURES = BASE["winrates"]["scorers"] + (["disagreement"] if {"oracle", "gold"} <= set(BASE["winrates"]["scorers"]) else [])

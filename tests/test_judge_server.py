@@ -17,6 +17,7 @@ import pytest
 
 import judge_support as js
 from drdo import cli, io
+from drdo.judge.client import CallCache, JudgeError
 from drdo.judge.prompts import parse_verdict
 
 pytest.importorskip("xllamacpp", reason="the real-server tests need the xllamacpp wheel (install.sh)")
@@ -115,7 +116,14 @@ def test_real_server_text_mode_keeps_unusable_answers(llama, tmp_path):
     p = js.params(base_url=f"{proxy.url}/v1", model="SmolLM2-135M-Instruct", response_format="text", max_tokens=48,
                   n_prompts=1, comparisons=[["drdo", "dpo"]], timeout_s=300, prices=FREE)
     before = proxy.calls
-    cli.main(js.argv(inputs, tmp_path / "out", p))
+    try:
+        cli.main(js.argv(inputs, tmp_path / "out", p))
+    except JudgeError as e:  # every answer unusable (how often depends on the machine's sampling): an error, answers kept
+        assert proxy.calls - before == js.expected_calls(inputs, p) == 4 and "4 of 4" in str(e)
+        cached = CallCache(tmp_path / "out" / ".judge_cache" / "judge.jsonl").records.values()
+        assert len(cached) == 4 and all(rec["content"] for rec in cached)
+        assert not (tmp_path / "out" / "judge_report.csv").exists()
+        return
     assert proxy.calls - before == js.expected_calls(inputs, p) == 4
     v = io.read_parquet(tmp_path / "out" / "judge" / "verdicts.parquet")
     report = pd.read_csv(tmp_path / "out" / "judge_report.csv")

@@ -132,8 +132,8 @@ class LMWithRewardHead(nn.Module):
         the same EOS for all), so bf16 output, 3 significant digits, rounds away much of what
         distinguishes them: a frozen bf16 table's rewards were off by 0.35 of their spread on an
         H200, 0.14 on CPU. The head is one vector, so fp32 costs nothing."""
-        with torch.autocast(hidden.device.type, enabled=False):
-            return self.head(hidden.float()).squeeze(-1)
+        with torch.autocast(hidden.device.type, enabled=False):  # fp64 stays fp64 (the precision checks)
+            return self.head(hidden.to(torch.promote_types(self.head.weight.dtype, torch.float32))).squeeze(-1)
 
     def forward(self, input_ids, attention_mask):
         out = self.lm(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)

@@ -203,8 +203,11 @@ def cmd_train(a) -> None:
     train_ex = to_examples(train_rows)
     if not train_ex:
         raise ValueError(f"{a.data}: no training rows")
-    # a resume state is only valid for the very same inputs (content, not just paths)
-    run_key = {"objective": a.objective, "params": p,
+    # the SFT model (or base) and the tables must come from the library versions this job runs
+    io.check_versions([a.init, *a.tables], a.version_mismatch, this_job=True)
+    # a resume state is only valid for the very same inputs (content, not just paths) and the very
+    # same job: its lineage holds the code it runs (a fixed loss must not continue the old one's steps)
+    run_key = {"objective": a.objective, "params": p, "lineage": io.LINEAGE,
                "inputs": {path: io.file_hash(path) for path in (a.init, a.data, *a.tables)}}
     history = train(model, train_ex, objective, cfg, tokenizer.pad_token_id, a.resume, run_key, acc)
     if not acc.is_main_process:  # rank 0 alone evaluates and writes, after every rank has finished
@@ -413,6 +416,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--lineage", default=None, help="hash of the config and code upstream of the outputs")
     ap.add_argument("--expect-lineage", type=json.loads, default=None,
                     help="JSON {input: lineage}: refuse inputs made under another config or code")
+    ap.add_argument("--version-mismatch", choices=["error", "warn"], default="error",
+                    help="inputs made with other torch/transformers/accelerate/deepspeed versions: "
+                         "an error, or a warning recorded in the provenance (config key version_mismatch)")
     sub = ap.add_subparsers(dest="stage", required=True)
 
     def stage(name, fn, *args):
@@ -475,8 +481,8 @@ def main(argv: list[str] | None = None, fresh_process: bool = False) -> int:
         import torch
 
         torch.set_num_threads(a.threads)
-    io.LINEAGE = a.lineage
+    io.LINEAGE, io.VERSION_MISMATCH = a.lineage, None
     if a.expect_lineage:
-        io.check_lineage(a.expect_lineage)
+        io.check_lineage(a.expect_lineage, a.version_mismatch)
     a.fn(a)
     return 0

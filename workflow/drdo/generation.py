@@ -11,6 +11,7 @@ same seed, prompts and batch size give the same responses for every policy.
 from __future__ import annotations
 
 import inspect
+import logging
 
 import numpy as np
 import pandas as pd
@@ -19,6 +20,8 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from .batching import encode_prompt
+
+log = logging.getLogger("drdo.generate")
 
 
 def nucleus_sample(logits: torch.Tensor, temperature: torch.Tensor, top_p: float,
@@ -96,6 +99,7 @@ def generate(model, tokenizer, prompts: pd.DataFrame, temperatures: list[float],
             rows.append({"idx": int(idx[r // len(temperatures)]), "temperature": float(temperatures[r % len(temperatures)]),
                          "response": tokenizer.decode(seq, skip_special_tokens=True).strip(),
                          "finished": finished, "n_tokens": len(seq)})
+        log.info("generated %d of %d responses", len(rows), len(encoded) * len(temperatures))
     gen = pd.DataFrame(rows).sort_values(["temperature", "idx"], kind="stable").reset_index(drop=True)
     meta = prompts.reset_index(drop=True)[["eval_set", "prompt_id"]]
     return pd.concat([meta.iloc[gen["idx"]].reset_index(drop=True), gen.drop(columns="idx")], axis=1)

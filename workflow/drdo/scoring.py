@@ -6,12 +6,16 @@ are never in memory during alignment) and to score generations.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
 from .batching import TooLong, encode
 from .modeling import LMWithRewardHead
 from .packing import as_packed_forward, pack
+
+log = logging.getLogger("drdo.score")
 
 
 @torch.no_grad()
@@ -87,6 +91,8 @@ def _score_groups(model, tokenizer, prompts, responses, documents, groups, max_l
     if rewards:
         out["reward"] = np.full(n, np.nan)
 
+    done = [0]
+
     def flush(batch):
         idx = [i for g in batch for i in encoded[g][0]]  # sequences are numbered group by group
         packed = pack([encoded[g][1] for g in batch], tokenizer.pad_token_id).to(device)
@@ -97,6 +103,8 @@ def _score_groups(model, tokenizer, prompts, responses, documents, groups, max_l
             out["logp"][idx] = logp.cpu().numpy()
         if rewards:
             out["reward"][idx] = reward.float().cpu().numpy()
+        done[0] += len(idx)
+        log.info("scored %d of %d sequences", done[0], n)
 
     # batches of at most batch_size sequences (a larger group alone), groups of similar length together
     order = np.argsort([sum(len(e.input_ids) for e in enc) for _, enc in encoded], kind="stable")

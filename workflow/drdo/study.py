@@ -128,10 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=json.loads, required=True, help="JSON list of runs (variant, levels, seeds, scores)")
     ap.add_argument("--params", type=json.loads, required=True)
     ap.add_argument("--expect-lineage", type=json.loads, default=None)
+    ap.add_argument("--version-mismatch", choices=["error", "warn"], default="error")
     ap.add_argument("--out", required=True, help="study.csv; the per-run values go beside it (study_runs.csv)")
     a = ap.parse_args(argv)
     if a.expect_lineage:
-        io.check_lineage(a.expect_lineage)
+        io.check_lineage(a.expect_lineage, a.version_mismatch)
     table, per_run = aggregate(a.runs, a.params)
     inputs = {f"{r['variant']}/s{r['world_seed']}-t{r['train_seed']}/{p}": f
               for r in a.runs for p, f in r["scores"].items()}

@@ -7,6 +7,7 @@ rule align:
         directory(f"{OUT}/models/{{method}}-{{split}}"),
     params:
         cfg=lambda wildcards: align_params(wildcards.method),
+        versions=VERSION_MISMATCH,
         lineage=lambda wildcards: lineage_policy(f"{wildcards.method}-{wildcards.split}"),
         resume=lambda wildcards: f"{RESUME}/{wildcards.method}-{wildcards.split}",
     threads: config["threads"]["default"]
@@ -19,6 +20,6 @@ rule align:
     conda:
         ENV
     shell:
-        "python -m drdo.launch --processes {resources.gpu} --threads {threads} -- --lineage {params.lineage} train --objective {wildcards.method} --params {params.cfg:q}"
+        "python -m drdo.launch --processes {resources.gpu} --threads {threads} -- --lineage {params.lineage} --version-mismatch {params.versions} train --objective {wildcards.method} --params {params.cfg:q}"
         " --init {input.sft} --data {input.data} --tables {input.tables} --out {output}"
         " --resume {params.resume} > {log} 2>&1"

@@ -9,13 +9,14 @@ rule winrates:
     params:
         cfg=as_json({**config["winrates"], "splits": SPLITS, "methods": METHODS}),
         expect=expected_lineage,
+        versions=VERSION_MISMATCH,
         code=code("cmd_winrates"),
     log:
         f"{OUT}/logs/winrates.log",
     conda:
         ENV
     shell:
-        "python -m drdo --expect-lineage {params.expect:q} winrates --params {params.cfg:q}"
+        "python -m drdo --expect-lineage {params.expect:q} --version-mismatch {params.versions} winrates --params {params.cfg:q}"
         " --scores {input.scores} --out {output.table}"
         + (" --judge {input.judge}" if JUDGE_ON else "")
         + " > {log} 2>&1"

@@ -311,6 +311,14 @@ def test_killed_job_rerun_pays_only_for_calls_not_yet_made(httpserver, inputs, t
     assert f"{cached} cached, {n_calls - cached} to make" in log
     keys = js.cache_keys(out)
     assert len(keys) == len(set(keys)) == n_calls
+    # the outputs are those of an uninterrupted run, and nothing half-written is left beside them
+    whole = tmp_path / "whole"
+    rc, log = js.run_stage(inputs, whole, p)
+    assert rc == 0, log
+    pd.testing.assert_frame_equal(io.read_parquet(out / "judge" / "verdicts.parquet"),
+                                  io.read_parquet(whole / "judge" / "verdicts.parquet"))
+    assert (out / "judge_report.csv").read_bytes() == (whole / "judge_report.csv").read_bytes()
+    assert sorted(p.name for p in (out / "judge").iterdir()) == ["verdicts.parquet"]
 
 
 def test_truncated_cache_line_is_skipped_and_that_call_made_again(httpserver, inputs, tmp_path):

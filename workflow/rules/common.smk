@@ -109,7 +109,7 @@ def _resume_root(folder):
     if not config.get("resume_dir"):
         return f"{folder}/.resume"
     parts = ["_up_" if part == ".." else part for part in Path(os.path.normpath(folder)).parts]
-    return "/".join([config["resume_dir"].rstrip("/"), *parts])
+    return os.path.join(config["resume_dir"].rstrip(os.sep), *parts)
 
 
 RESUME = _resume_root(OUT)

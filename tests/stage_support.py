@@ -55,7 +55,8 @@ def build_world(d: Path) -> dict[str, Path]:
 
 def stage(args: list[str], log: Path) -> subprocess.Popen:
     """``python -m drdo ARGS`` as a rule runs it (its own process; stderr into ``log``)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO / "workflow"), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "workflow"), os.environ.get("PYTHONPATH", "")]),
+           "HF_HUB_OFFLINE": "1"}
     fh = open(log, "w")
     return subprocess.Popen([sys.executable, "-m", "drdo", "--threads", "1", *args], stdout=fh,
                             stderr=subprocess.STDOUT, env=env)

@@ -15,7 +15,7 @@ Run it from the workflow's directory: the manifests name their inputs relative t
 
 A reading of DRDO's Eq. 6 is that with summed log-probs it mostly raises the chosen
 response's likelihood and leaves the rejected one alone, where DPO's Eq. 3 moves the margin
-(README, "Findings of the studies"); this measures what each method did to the two sides.
+(docs/findings.md); this measures what each method did to the two sides.
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ def heldout_nll(model_dir: Path, prompts: Path, params: dict) -> dict[str, float
     for eval_set, group in rows.groupby("eval_set"):
         examples = cli._examples(group, tokenizer, objective, params)
         out[f"nll_{eval_set}"] = evaluate(model, examples, objective, tokenizer.pad_token_id,
-                                          params["eval_batch_size"])["nll"]
+                                          params["eval_batch_size"], dtype=params.get("dtype", "float32"))["nll"]
     return out
 
 

@@ -1,4 +1,4 @@
-"""Markdown summary of a winrates.csv (the tables in the README are printed by this).
+"""Markdown summary of a winrates.csv (the win-rate tables in docs/findings.md are printed by this).
 
     python bench/winrate_table.py results/winrates.csv [temperature]
 """

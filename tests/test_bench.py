@@ -9,16 +9,22 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_align_throughput_bench_on_cpu():
-    env = {**os.environ, "PYTHONPATH": str(REPO / "workflow")}
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "align_throughput.py"), "--device", "cpu",
-                           "--size", "tiny", "--steps", "2", "--batch", "2", "--prompt-len", "24",
-                           "--response-len", "8"], capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert [r["gradient_checkpointing"] for r in rows] == [False, True]
-    for r in rows:
-        assert r["tokens_per_s"] > 0 and r["seq_len"] == 32 and r["peak_mem_gib"] > 0
+def test_gpu_check_runs_its_cpu_form(tmp_path):
+    """bench/gpu_check.py's CPU form (what a GPU run does, at a small size): every correctness
+    check passes, every throughput row is there, and the JSON and markdown reports are written."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "workflow"), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_check.py"), "--device", "cpu", "--size", "small",
+                           "--out", str(tmp_path)], capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert result["skipped"] == [] and result["checked"] == result["passed"] >= 14
+    parts = [r["part"] for r in result["rows"]]
+    assert parts.count("train") == 4 and parts.count("generate") == 3
+    assert {r["backend"] for r in result["rows"] if r["part"] == "stages"} == {"cpu-bfloat16"}
+    assert {r["check"] for r in result["rows"] if r["part"] == "kernels"} >= {"packed vs padded, sdpa",
+                                                                            "packed vs padded, eager"}
+    assert all(r["seq_tokens_per_s"] > 0 for r in result["rows"] if r["part"] == "train")
+    assert (tmp_path / "gpu_check.md").read_text() == proc.stdout[-len((tmp_path / "gpu_check.md").read_text()):]
 
 
 def test_rule_times_reads_a_snakemake_log(tmp_path, capsys):

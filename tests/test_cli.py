@@ -87,3 +87,43 @@ def test_preload_imports_each_torch_stage_stack_and_freezes_it():
             "assert {'drdo.trainer', 'drdo.generation', 'drdo.scoring', 'accelerate', 'transformers'} <= set(sys.modules)\n"
             "assert gc.isenabled() and gc.get_freeze_count() > 100_000, gc.get_freeze_count()\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+class _Loaded(Exception):
+    """Raised by the stand-in from_pretrained once it has seen a stage's arguments."""
+
+
+@pytest.mark.parametrize("stage", ["train-sft", "train-oracle", "table-logp", "table-reward", "generate", "score"])
+def test_every_model_running_stage_loads_with_the_configured_kernel(tmp_path, monkeypatch, stage):
+    """model.attn_implementation (in the stage's params) reaches from_pretrained of every model it runs."""
+    from drdo import modeling
+
+    seen = []
+
+    class Recording:
+        @staticmethod
+        def from_pretrained(path, **kwargs):
+            seen.append(kwargs.get("attn_implementation"))
+            raise _Loaded
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / modeling.HEAD_FILE).write_text("")  # a reward model's layout; never read
+    monkeypatch.setattr(modeling, "AutoModelForCausalLM", Recording)
+    monkeypatch.setattr(modeling, "load_tokenizer", lambda path: None)
+    rows = pd.DataFrame({"pair_id": [0], "prompt": ["p"], "chosen": ["c"], "rejected": ["r"], "document": [None],
+                         "eval_set": ["tldr"], "prompt_id": ["a"], "reference": ["r"], "split": ["train"]})
+    monkeypatch.setattr(io, "read_parquet", lambda path: rows)
+    params = json.dumps({"attn_implementation": "eager", "max_length": 64, "max_prompt_length": 32, "batch_size": 2,
+                         "lr": 1e-3, "temperatures": [1.0], "top_p": 1.0, "max_new_tokens": 4, "seed": 0})
+    out = str(tmp_path / "out")
+    args = {"train-sft": ["train", "--objective", "sft", "--init", str(model_dir), "--data", "x", "--out", out],
+            "train-oracle": ["train", "--objective", "oracle", "--init", str(model_dir), "--data", "x", "--out", out],
+            "table-logp": ["table", "--pairs", "x", "--model", f"ref_logp={model_dir}", "--value", "logp", "--out", out],
+            "table-reward": ["table", "--pairs", "x", "--model", f"oracle={model_dir}", "--value", "reward", "--out", out],
+            "generate": ["generate", "--policy", str(model_dir), "--prompts", "x", "--out", out],
+            "score": ["score", "--prompts", "x", "--oracle", str(model_dir), "--policy", "reference", "--split", "-",
+                      "--out", out]}[stage]
+    with pytest.raises(_Loaded):
+        main([args[0], "--params", params, *args[1:]])
+    assert seen == ["eager"]

@@ -19,6 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from precision_support import validation_under
 from drdo import io
 from drdo.base_model import tiny_llama, train_tokenizer
 from drdo.launch import command
@@ -95,6 +96,45 @@ def test_two_zero2_ranks_reproduce_one_process(inputs):
     zero = _train(inputs, "drdo-zero2", "drdo", params, 2)
     _assert_same_run(one, zero, atol=1e-6)
     assert (zero / "reward_head.safetensors").exists()
+
+
+def test_bf16_one_process_ddp_and_zero2_follow_one_precision_contract(inputs):
+    """bf16 on every backend under drdo.trainer's contract (fp32 masters from the fp32 checkpoint,
+    bf16 autocast, fp32 gradients): the same losses and weights, the same saved dtype, and rank 0
+    evaluates under training's autocast.
+
+    Tolerances: the runs differ only where an fp32 summation-order difference (what the fp32
+    tests above allow, 1e-6) flips the bf16 rounding of an activation (2 ranks pack other rows than
+    1 process). Each flip moves one value by a bf16 ulp, but the loss sums hundreds of them: losses
+    within 1e-3 relative, a quarter of a bf16 ulp (measured: 2e-4). Adam moves a weight by ~lr
+    whatever its gradient's size, so a weight whose gradient is near zero may move differently;
+    all weights together differ by under 2% of what training moved them (measured: 0.3%).
+    """
+    bf16 = {**DRDO, "dtype": "bfloat16"}
+    zero2 = {**bf16, "deepspeed": str(REPO / "config" / "deepspeed" / "zero2.json")}
+    one = _train(inputs, "bf16-1", "drdo", bf16, 1)
+    runs = {"one": one, "ddp": _train(inputs, "bf16-ddp2", "drdo", bf16, 2),
+            "zero2": _train(inputs, "bf16-zero2", "drdo", zero2, 2)}
+    init, w_one = load_file(inputs / "init" / "model.safetensors"), load_file(one / "model.safetensors")
+    moved = _norm({k: w_one[k] - init[k] for k in init})
+    loss_one = pd.read_parquet(one / "metrics.parquet")["loss"].tolist()
+    for name, out in runs.items():
+        w = load_file(out / "model.safetensors")
+        head = load_file(out / "reward_head.safetensors")
+        assert {t.dtype for t in (*w.values(), *head.values())} == {torch.float32}, name  # save_dtype's default
+        assert _norm({k: w[k] - w_one[k] for k in w_one}) < 0.02 * moved, name
+        assert pd.read_parquet(out / "metrics.parquet")["loss"].tolist() == pytest.approx(loss_one, rel=1e-3), name
+        # rank 0's validation is what its saved weights give under training's autocast, not in fp32
+        # (1 process and DDP before) nor in pure bf16 (DeepSpeed's bf16 mode before)
+        args = (out, inputs / "pairs.parquet", inputs / "oracle.parquet", bf16)
+        val = io.read_provenance(out)["validation"]
+        assert val == pytest.approx(validation_under(*args, autocast=True), rel=1e-6, abs=1e-7), name
+        assert val["loss"] != pytest.approx(validation_under(*args, autocast=False)["loss"], rel=1e-6), name
+        assert io.read_provenance(out)["save_dtype"] == "float32"
+
+
+def _norm(tensors: dict) -> float:
+    return float(torch.sqrt(sum((t.double() ** 2).sum() for t in tensors.values())))
 
 
 def test_launcher_commands(monkeypatch):

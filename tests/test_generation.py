@@ -44,7 +44,7 @@ def test_shared_prefill_equals_hf_generate_greedy(tok, model, arch):
     prompts = [encode_prompt(tok, t) for t in TEXTS[0::2]]  # three lengths: left padding in one batch
     temperatures = [0.2, 1.5]
     rows = sample_batch(model, prompts, temperatures, top_p=1e-9, max_new_tokens=12, pad_id=tok.pad_token_id,
-                        eos_id=tok.eos_token_id, generator=torch.Generator().manual_seed(0))
+                        eos_ids=tok.eos_token_id, generator=torch.Generator().manual_seed(0))
     assert len(rows) == len(prompts) * len(temperatures)
     for i, p in enumerate(prompts):
         ids = torch.tensor([p])
@@ -83,3 +83,39 @@ def test_generate_rows_seed_and_batching(tok, model):
     assert (out["n_tokens"] <= 6).all() and ((out["n_tokens"] < 6) | ~out["finished"]).all()
     pd.testing.assert_frame_equal(out, run(0, 4))  # repeatable
     assert not out["response"].equals(run(1, 4)["response"]) or not out["n_tokens"].equals(run(1, 4)["n_tokens"])
+
+
+def test_generation_stops_on_every_end_token_of_the_generation_config(tok):
+    """A chat model ends a turn with its own token as well as EOS (Phi-3: ``<|end|>`` and
+    ``</s>``): generation_config.eos_token_id = [EOS, b] with b an ordinary word piece. Logits are
+    forced (next token a function of the last one) so that one prompt's rows end with b, one with
+    EOS and one never ends: b and EOS both end a row, mark it finished, and are not in its text."""
+    model = tiny_llama(tok, ARCH, seed=1).eval()
+    prompts = ["POST: I locked my keys", "POST: My cat sat on the mat", "the quick brown fox"]
+    last = [encode_prompt(tok, p)[-1] for p in prompts]
+    specials = {tok.pad_token_id, tok.bos_token_id, tok.eos_token_id}
+    words = [i for i in range(len(tok)) if i not in specials and i not in last and tok.decode([i]).strip().isalpha()]
+    c1, c2, d1, e1, b = words[:5]
+    assert len(set(last)) == 3
+    model.generation_config.eos_token_id = [tok.eos_token_id, b]
+    after = {last[0]: c1, c1: c2, c2: b, last[1]: d1, d1: tok.eos_token_id, last[2]: e1}
+    seen = {}
+    model.register_forward_pre_hook(lambda m, args, kwargs: seen.update(ids=kwargs["input_ids"][:, -1]),
+                                    with_kwargs=True)
+
+    def force(module, args, out):
+        forced = torch.full_like(out, -1e4)
+        for r, t in enumerate(seen["ids"].tolist()):
+            forced[r, -1, after.get(t, e1)] = 1e4  # e1 (and anything else) continues forever
+        return forced
+
+    model.lm_head.register_forward_hook(force)
+    frame = pd.DataFrame({"eval_set": "tldr", "prompt_id": ["b", "eos", "none"], "prompt": prompts})
+    out = generate(model, tok, frame, [0.5, 1.0], 1e-9, max_new_tokens=6, max_prompt_length=64, batch_size=6, seed=0)
+    for temperature in (0.5, 1.0):
+        rows = out[out["temperature"] == temperature].set_index("prompt_id")
+        assert rows["finished"].to_dict() == {"b": True, "eos": True, "none": False}
+        assert rows["n_tokens"].to_dict() == {"b": 2, "eos": 1, "none": 6}
+        assert rows.loc["b", "response"] == tok.decode([c1, c2]).strip()
+        assert rows.loc["eos", "response"] == tok.decode([d1]).strip()
+        assert tok.decode([b]).strip() not in rows.loc["b", "response"]

@@ -12,8 +12,8 @@ from transformers import AutoModelForCausalLM
 
 from drdo.base_model import tiny_llama, train_tokenizer
 from drdo.batching import encode, encode_prompt, pad_batch
-from drdo.modeling import (HEAD_FILE, LMWithRewardHead, has_reward_head, last_token_index,
-                           load_tokenizer, response_logps)
+from drdo.modeling import (HEAD_FILE, LMWithRewardHead, has_reward_head, last_token_index, load_causal_lm,
+                           load_tokenizer, pretrained_kwargs, response_logps)
 
 TEXTS = [
     "SUBREDDIT: r/tifu\nTITLE: I locked my keys inside\nPOST: I locked my keys inside the car.\nTL;DR:",
@@ -340,3 +340,14 @@ def test_build_base_takes_a_local_model_directory(tok, tmp_path):
     assert len(tok_a) <= 300 and tok_a.eos_token == "<|eos|>"
     for k, v in a.state_dict().items():
         torch.testing.assert_close(b.state_dict()[k], v, rtol=0, atol=0)
+
+
+def test_attention_kernel_from_params_and_a_kernel_that_cannot_load(tok, tmp_path):
+    tiny_llama(tok, ARCH, seed=0).save_pretrained(tmp_path)
+    assert load_causal_lm(tmp_path, **pretrained_kwargs({})).config._attn_implementation == "sdpa"
+    eager = pretrained_kwargs({"attn_implementation": "eager"})
+    model = LMWithRewardHead.from_pretrained(tmp_path, new_head=True, **eager)
+    assert model.lm.config._attn_implementation == "eager"
+    # no flash-attn package here (and no hub for its kernel fallback): the error names the config key
+    with pytest.raises(ValueError, match=r"model\.attn_implementation='flash_attention_2'"):
+        load_causal_lm(tmp_path, **pretrained_kwargs({"attn_implementation": "flash_attention_2"}))

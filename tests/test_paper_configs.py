@@ -60,7 +60,8 @@ def test_paper_tldr_dry_run(tmp_path):
     train = [line for line in text.splitlines() if "drdo.launch" in line and " train " in line]
     assert len(train) == 1 + 1 + 3 + 9
     assert all("--processes 2" in line and '"zero_optimization": {' in line and '"stage": 2' in line
-               and '"dtype": "bfloat16"' in line and '"gradient_checkpointing": true' in line for line in train)
+               and '"dtype": "bfloat16"' in line and '"gradient_checkpointing": true' in line
+               and '"save_dtype": "bfloat16"' in line for line in train)
     assert all("--processes 1" in line for line in text.splitlines()
                if "drdo.launch" in line and (" generate " in line or " score " in line or " table " in line))
     assert not (tmp_path / out).exists()

@@ -163,6 +163,15 @@ def test_ensemble_size_change_trains_only_the_new_member(workdir):
                     "winrates": 1}
 
 
+def test_attention_kernel_change_reruns_exactly_the_jobs_that_run_models(workdir):
+    """model.attn_implementation: every training, table, generation and scoring job (and what reads
+    them); not the data stages, nor the base model, whose checkpoint does not record the kernel."""
+    jobs = planned_jobs(snakemake(workdir, "-n", f"{OUT}/winrates.csv", override="model: {attn_implementation: eager}"))
+    assert jobs == {"sft": 1, "oracle": 1, "reward_model": 2, "oracle_table": 1, "ensemble_table": 1,
+                    "reference_table": 1, "align": 9, "generate": 10, "score_policy": 10, "score_reference": 1,
+                    "winrates": 1}
+
+
 def test_seed_change_reruns_everything(workdir):
     jobs = planned_jobs(snakemake(workdir, "-n", f"{OUT}/winrates.csv", override="synthetic: {seed: 7}"))
     assert jobs["synthetic_world"] == 1 and jobs["align"] == 9 and jobs["reward_model"] == 2

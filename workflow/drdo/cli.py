@@ -175,7 +175,7 @@ def cmd_split(a) -> None:
 # --------------------------------------------------------------------------- training
 def cmd_train(a) -> None:
     from . import objectives
-    from .modeling import LMWithRewardHead, load_causal_lm, load_tokenizer
+    from .modeling import LMWithRewardHead, cast_parameters, load_causal_lm, load_tokenizer, pretrained_kwargs
     from .trainer import TrainConfig, evaluate, make_accelerator, train
 
     p = a.params
@@ -185,13 +185,13 @@ def cmd_train(a) -> None:
     tokenizer = load_tokenizer(a.init)
     # Paired objectives compare log-probs (with the reference's, or chosen with rejected):
     # dropout off, as TRL does. SFT keeps the model's dropout. Weights load in fp32 whatever
-    # train.dtype says (the compute dtype: autocast / DeepSpeed bf16 keep fp32 masters).
+    # train.dtype says: they are the fp32 masters (the precision contract in drdo.trainer).
     dropout = not objective.paired
     if objective.reward_head:  # the Oracle, ensemble members and DRDO student start from SFT
         model = LMWithRewardHead.from_pretrained(a.init, new_head=True, head_seed=p.get("head_seed", 0),
-                                                 dropout=dropout)
+                                                 dropout=dropout, **pretrained_kwargs(p))
     else:
-        model = load_causal_lm(a.init, dropout=dropout)
+        model = load_causal_lm(a.init, dropout=dropout, **pretrained_kwargs(p))
     data = io.read_parquet(a.data)
     for table in a.tables:
         data = _join_table(data, table, objective.columns)
@@ -216,7 +216,8 @@ def cmd_train(a) -> None:
     # nothing to unwrap; accelerate's unwrap_model would import DeepSpeed (~2 s) to find out
     val = {}
     if len(val_rows):
-        val = evaluate(model, to_examples(val_rows), objective, tokenizer.pad_token_id, p["eval_batch_size"])
+        val = evaluate(model, to_examples(val_rows), objective, tokenizer.pad_token_id, p["eval_batch_size"],
+                       dtype=cfg.dtype)  # under training's autocast
         log.info("validation: %s", " ".join(f"{k}={v:.4f}" for k, v in val.items()))
     if a.objective == "oracle" and "synthetic_labels" in p:
         val["bayes_optimal_acc"] = _bayes_optimal(val_rows, p["synthetic_labels"])
@@ -224,8 +225,8 @@ def cmd_train(a) -> None:
                  val["bayes_optimal_acc"])
     inputs = {"init": a.init, "data": a.data, **{f"table{i}": t for i, t in enumerate(a.tables)}}
     prov = {**io.provenance(f"train/{a.objective}", p, inputs), "validation": val,
-            "train_examples": len(train_ex)}
-    _save_checkpoint(model, tokenizer, a.out, prov, metrics=pd.DataFrame(history))
+            "train_examples": len(train_ex), "save_dtype": cfg.save_dtype}
+    _save_checkpoint(cast_parameters(model, cfg.save_dtype), tokenizer, a.out, prov, metrics=pd.DataFrame(history))
 
 
 def _examples(df: pd.DataFrame, tokenizer, objective, p: dict) -> list["Example"]:
@@ -287,7 +288,7 @@ def cmd_table(a) -> None:
 
     ``--pairs`` may name several split files: every pair any of them holds is scored once.
     """
-    from .modeling import LMWithRewardHead, for_inference, load_causal_lm, load_tokenizer
+    from .modeling import LMWithRewardHead, for_inference, load_causal_lm, load_tokenizer, pretrained_kwargs
     from .scoring import score_pairs
 
     pairs = _read_pairs(a.pairs)
@@ -296,8 +297,11 @@ def cmd_table(a) -> None:
     for spec in a.model:
         prefix, path = spec.split("=", 1)
         inputs[prefix] = path
-        model = LMWithRewardHead.from_pretrained(path) if a.value == "reward" else load_causal_lm(path, dropout=False)
-        model, tokenizer = for_inference(model, a.params.get("dtype", "float32")), load_tokenizer(path)
+        dtype = a.params.get("dtype", "float32")  # loaded in it: buffers keep from_pretrained's dtypes
+        pretrained = pretrained_kwargs(a.params)
+        model = (LMWithRewardHead.from_pretrained(path, dtype=dtype, **pretrained) if a.value == "reward"
+                 else load_causal_lm(path, dtype, dropout=False, **pretrained))
+        model, tokenizer = for_inference(model), load_tokenizer(path)
         sides = score_pairs(model, tokenizer, pairs["prompt"].tolist(), pairs["chosen"].tolist(),
                             pairs["rejected"].tolist(), a.params["max_length"], a.params["batch_size"],
                             documents=pairs["document"].tolist(), logps=a.value == "logp", **_score_lengths(a.params))
@@ -338,11 +342,12 @@ def cmd_gold_table(a) -> None:
 
 def cmd_generate(a) -> None:
     from .generation import generate
-    from .modeling import for_inference, load_causal_lm, load_tokenizer
+    from .modeling import for_inference, load_causal_lm, load_tokenizer, pretrained_kwargs
 
     p = a.params
     prompts = io.read_parquet(a.prompts)
-    model, tokenizer = for_inference(load_causal_lm(a.policy), p.get("dtype", "float32")), load_tokenizer(a.policy)
+    model = for_inference(load_causal_lm(a.policy, p.get("dtype", "float32"), **pretrained_kwargs(p)))
+    tokenizer = load_tokenizer(a.policy)
     gen = generate(model, tokenizer, prompts, p["temperatures"], p["top_p"], p["max_new_tokens"],
                    p["max_prompt_length"], p["batch_size"], p["seed"], chat=p.get("chat_template", False))
     log.info("%d generations, %.1f%% ended with EOS, mean %.1f tokens", len(gen), 100 * gen["finished"].mean(),
@@ -352,7 +357,7 @@ def cmd_generate(a) -> None:
 
 def cmd_score(a) -> None:
     """Oracle and gold reward of each generation (or of the reference summaries)."""
-    from .modeling import LMWithRewardHead, for_inference, load_tokenizer
+    from .modeling import LMWithRewardHead, for_inference, load_tokenizer, pretrained_kwargs
     from .scoring import score
 
     prompts = io.read_parquet(a.prompts)
@@ -360,7 +365,8 @@ def cmd_score(a) -> None:
         gen = io.read_parquet(a.generations).merge(prompts, on=["eval_set", "prompt_id"], validate="many_to_one")
     else:  # the human reference summaries, one per prompt
         gen = prompts.assign(response=prompts["reference"], temperature=np.nan)
-    oracle = for_inference(LMWithRewardHead.from_pretrained(a.oracle), a.params.get("dtype", "float32"))
+    oracle = for_inference(LMWithRewardHead.from_pretrained(a.oracle, dtype=a.params.get("dtype", "float32"),
+                                                            **pretrained_kwargs(a.params)))
     out = score(oracle, load_tokenizer(a.oracle), gen["prompt"].tolist(), gen["response"].tolist(),
                 a.params["max_length"], a.params["batch_size"], documents=gen["document"].tolist(),
                 logps=False, **_score_lengths(a.params))

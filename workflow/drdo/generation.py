@@ -4,8 +4,10 @@ Each batch holds a few prompts, each at every temperature: a prompt's forward pa
 runs once and its key/value cache is copied to its temperature rows, which then decode together,
 each with its own temperature. Prompts are left-padded (position ids count real tokens, as in
 Hugging Face ``generate``) and batched by length, so little padding is computed; decoding stops
-when every row has written EOS or ``max_new_tokens``. One seeded generator drives every draw: the
-same seed, prompts and batch size give the same responses for every policy.
+when every row has written an end token (any EOS id of the model's generation config, such as a
+chat model's end-of-turn token, or the tokenizer's EOS) or ``max_new_tokens``. One seeded
+generator drives every draw: the same seed, prompts and batch size give the same responses for
+every policy.
 """
 
 from __future__ import annotations
@@ -43,12 +45,24 @@ def _forward_kwargs(model, cache: DynamicCache) -> dict:
     return kw | ({"logits_to_keep": 1} if "logits_to_keep" in accepted else {})
 
 
+def end_tokens(model, tokenizer) -> list[int]:
+    """Every token id that ends a response: the model's ``generation_config.eos_token_id`` (an id
+    or a list: chat models end a turn with their own token, e.g. Phi-3's ``<|end|>`` besides
+    ``</s>``), then the tokenizer's EOS (what training appends to each response)."""
+    ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+    return list(dict.fromkeys(ids + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])))
+
+
 @torch.no_grad()
 def sample_batch(model, prompts: list[list[int]], temperatures: list[float], top_p: float, max_new_tokens: int,
-                 pad_id: int, eos_id: int, generator: torch.Generator) -> list[list[int]]:
-    """Response tokens (up to and without EOS, or ``max_new_tokens`` of them) for every prompt at
-    every temperature; row ``i * len(temperatures) + j`` is prompt i at temperature j."""
+                 pad_id: int, eos_ids: int | list[int], generator: torch.Generator) -> list[list[int]]:
+    """Response tokens (up to and with the first end token, any of ``eos_ids``, or
+    ``max_new_tokens`` of them) for every prompt at every temperature; row
+    ``i * len(temperatures) + j`` is prompt i at temperature j."""
     device, k = model.device, len(temperatures)
+    eos_ids = [eos_ids] if isinstance(eos_ids, int) else list(eos_ids)
+    ends = torch.tensor(eos_ids, device=device)
     width = max(map(len, prompts))
     ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)
     attn = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
@@ -63,16 +77,16 @@ def sample_batch(model, prompts: list[list[int]], temperatures: list[float], top
     done = torch.zeros(len(logits), dtype=torch.bool, device=device)
     steps = []
     for _ in range(max_new_tokens):
-        token = nucleus_sample(logits, temperature, top_p, generator).masked_fill(done, eos_id)
+        token = nucleus_sample(logits, temperature, top_p, generator).masked_fill(done, eos_ids[0])
         steps.append(token)
-        done |= token == eos_id
+        done |= torch.isin(token, ends)
         if done.all():
             break
         attn = torch.cat([attn, attn.new_ones(len(attn), 1)], dim=1)
         position = position + 1
         logits = model(input_ids=token[:, None], attention_mask=attn, position_ids=position, **kw).logits[:, -1]
     out = torch.stack(steps, dim=1).tolist()
-    return [row[:row.index(eos_id) + 1] if eos_id in row else row for row in out]
+    return [row[:next((t + 1 for t, x in enumerate(row) if x in eos_ids), len(row))] for row in out]
 
 
 @torch.no_grad()
@@ -88,13 +102,14 @@ def generate(model, tokenizer, prompts: pd.DataFrame, temperatures: list[float],
     generator = torch.Generator(device=model.device).manual_seed(seed)
     per_batch = max(1, batch_size // len(temperatures))
     by_length = np.argsort([len(e) for e in encoded], kind="stable")  # little padding per batch
+    ends = end_tokens(model, tokenizer)
     rows = []
     for lo in range(0, len(encoded), per_batch):
         idx = by_length[lo:lo + per_batch]
         responses = sample_batch(model, [encoded[i] for i in idx], temperatures, top_p, max_new_tokens,
-                                 tokenizer.pad_token_id, tokenizer.eos_token_id, generator)
+                                 tokenizer.pad_token_id, ends, generator)
         for r, seq in enumerate(responses):
-            finished = seq[-1:] == [tokenizer.eos_token_id]
+            finished = bool(seq) and seq[-1] in ends  # whichever end token ended it is not text
             seq = seq[:-1] if finished else seq
             rows.append({"idx": int(idx[r // len(temperatures)]), "temperature": float(temperatures[r % len(temperatures)]),
                          "response": tokenizer.decode(seq, skip_special_tokens=True).strip(),

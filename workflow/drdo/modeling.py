@@ -26,10 +26,25 @@ def load_tokenizer(name_or_path: str | os.PathLike):
     return tok
 
 
-def load_causal_lm(name_or_path: str | os.PathLike, dtype: str = "float32", dropout: bool = True) -> PreTrainedModel:
+def pretrained_kwargs(params: dict) -> dict:
+    """The ``from_pretrained`` keyword arguments a stage's params set, for every model it runs:
+    the attention kernel (model.attn_implementation: sdpa, eager, flex_attention,
+    flash_attention_2/3, or a hub kernel such as kernels-community/flash-attn2)."""
+    return {"attn_implementation": params.get("attn_implementation", "sdpa")}
+
+
+def load_causal_lm(name_or_path: str | os.PathLike, dtype: str = "float32", dropout: bool = True,
+                   **pretrained) -> PreTrainedModel:
     """``dropout=False`` for every model whose log-probs are compared with a reference or
-    with each other (alignment, reward models, scoring): see :func:`disable_dropout`."""
-    model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=getattr(torch, dtype))
+    with each other (alignment, reward models, scoring): see :func:`disable_dropout`.
+    ``pretrained``: more ``from_pretrained`` arguments (:func:`pretrained_kwargs`)."""
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=getattr(torch, dtype), **pretrained)
+    except (ImportError, ValueError) as e:  # e.g. flash-attention not installed, a hub kernel not cached
+        impl = pretrained.get("attn_implementation")
+        if impl in (None, "sdpa"):
+            raise
+        raise ValueError(f"loading {name_or_path} with config key model.attn_implementation={impl!r}: {e}") from e
     model.config.use_cache = False  # training and scoring never reuse the KV cache
     if not dropout:
         disable_dropout(model)
@@ -40,9 +55,27 @@ def inference_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def for_inference(model: nn.Module, dtype: str = "float32") -> nn.Module:
-    """A frozen model (tables, generation, scoring) on the GPU when there is one, in ``dtype``."""
-    return model.to(inference_device(), getattr(torch, dtype)).eval().requires_grad_(False)
+def for_inference(model: nn.Module) -> nn.Module:
+    """A frozen model (tables, generation, scoring) on the GPU when there is one.
+
+    It keeps the dtypes it was loaded with: load it in its compute dtype
+    (``load_causal_lm(path, dtype)``, ``LMWithRewardHead.from_pretrained(path, dtype=dtype)``).
+    ``model.to(bfloat16)`` would also round the float32 buffers ``from_pretrained`` keeps, such as
+    the rotary frequencies (``inv_freq``): a bf16 table or generation would then use another
+    position encoding than training did (cos of the angle off by up to 0.36 near position 2,000).
+    """
+    return model.to(inference_device()).eval().requires_grad_(False)
+
+
+def cast_parameters(model: nn.Module, dtype: str) -> nn.Module:
+    """Cast the floating parameters of ``model`` in place to ``dtype``; buffers keep theirs
+    (see :func:`for_inference`), and a reward head stays fp32 (``LMWithRewardHead.reward``). Used to
+    save a checkpoint in ``train.save_dtype``."""
+    target = getattr(torch, dtype)
+    for p in getattr(model, "lm", model).parameters():
+        if p.is_floating_point():
+            p.data = p.data.to(target)
+    return model
 
 
 def disable_dropout(model: nn.Module) -> nn.Module:
@@ -89,14 +122,23 @@ class LMWithRewardHead(nn.Module):
             with torch.no_grad():
                 head.weight.normal_(0.0, 1.0 / (hidden + 1) ** 0.5, generator=g)
                 head.bias.zero_()
-            head.to(next(lm.parameters()).dtype)
-        self.head = head
+        self.head = head.float()  # fp32 whatever the trunk's dtype: see reward()
+
+    def reward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The scalar reward of final hidden states ``[..., H]``, computed in fp32 outside autocast.
+
+        A reward is a large common offset plus a small spread between responses (the last token is
+        the same EOS for all), so bf16 output, 3 significant digits, rounds away much of what
+        distinguishes them: a frozen bf16 table's rewards were off by 0.35 of their spread on an
+        H200, 0.14 on CPU. The head is one vector, so fp32 costs nothing."""
+        with torch.autocast(hidden.device.type, enabled=False):
+            return self.head(hidden.float()).squeeze(-1)
 
     def forward(self, input_ids, attention_mask):
         out = self.lm(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
         last = last_token_index(attention_mask)
         hidden = out.hidden_states[-1][torch.arange(input_ids.shape[0]), last]
-        return out.logits, self.head(hidden).squeeze(-1)
+        return out.logits, self.reward(hidden)
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         self.lm.save_pretrained(path)
@@ -104,15 +146,16 @@ class LMWithRewardHead(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, new_head: bool = False, head_seed: int = 0,
-                        dtype: str = "float32", dropout: bool = False):
+                        dtype: str = "float32", dropout: bool = False, **pretrained):
         """Load a reward model (``new_head=False``: its head file must exist), or start one
         from a plain LM (``new_head=True``: a fresh head seeded by ``head_seed``, as the
-        Oracle, the ensemble members and the DRDO student do from SFT)."""
+        Oracle, the ensemble members and the DRDO student do from SFT). ``pretrained``: as
+        :func:`load_causal_lm`."""
         head_file = Path(path) / HEAD_FILE
         if not new_head and not head_file.exists():
             raise FileNotFoundError(f"{path}: no {HEAD_FILE}; this is not a trained reward model "
                                     "(a fresh head would give random rewards)")
-        model = cls(load_causal_lm(path, dtype, dropout=dropout), head_seed=head_seed)
+        model = cls(load_causal_lm(path, dtype, dropout=dropout, **pretrained), head_seed=head_seed)
         if not new_head:
             model.head.load_state_dict(load_file(head_file))
         return model

@@ -13,16 +13,22 @@ A slot's attention is described by its ``group`` (the pair or sequence it belong
 padding) and ``branch`` (0: shared by the whole group; 1: chosen only; 2: rejected only; a group
 of k responses to one prompt, scored together, has branches 1..k the same way). Query
 q sees key k iff k <= q in the row, same group, and k's branch is 0 or q's branch. Which kernel
-applies it is picked in one place, :func:`attention_inputs`: a dense 4D mask for SDPA or eager
-attention (CPU, and any GPU without the kernels below), a ``BlockMask`` for flex attention, and
-for flash-attention (varlen) kernels, which only know block-causal masks, all rows as one row
-with position ids restarting per sequence and no sharing of prompts (``shares_prefixes``). The
-flex and flash paths are for GPUs; flex is tested on CPU (compiled), flash has not run here.
+applies it is picked in one place, :func:`attention_inputs`, from the mask transformers registers
+for the model's ``attn_implementation`` (what the kernel needs, not its name): a dense 4D mask for
+SDPA or eager attention (CPU, and any GPU without the kernels below), a ``BlockMask`` for flex
+attention, and for varlen kernels (flash-attention 2/3/4 and the hub's flash kernels), which
+only take block-causal segments cut where the position ids restart, every sequence whole (its
+prompt copied) in one row: :class:`PackedForward` lays any packed batch out that way first
+(:func:`whole_sequences`), since a rejected response continuing its prompt's positions would
+otherwise share the chosen one's segment and attend to it. The flex and flash paths are for
+GPUs; flex is tested on CPU (compiled), the varlen path with a CPU kernel that takes what
+flash-attention takes.
 
 Log-probs are computed from the final hidden states at the positions that predict a response
-token only (LM head, then log-softmax, then the target's entry), so memory scales with response
-tokens x vocabulary, not with row length x vocabulary. A reward-only forward (tables, scoring
-with the Oracle) never applies the LM head.
+token only (LM head and the family's own logit transforms, ``logits.lm_logits``, then
+log-softmax, then the target's entry), so memory scales with response tokens x vocabulary, not
+with row length x vocabulary. A reward-only forward (tables, scoring with the Oracle) never
+applies the LM head.
 """
 
 from __future__ import annotations
@@ -33,12 +39,19 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from transformers.masking_utils import (ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask, flex_attention_mask,
+                                       sdpa_mask)
 
 from .batching import Encoded
-from .modeling import at_least_fp32
+from .logits import check_lm_logits, lm_logits
+
+try:
+    from transformers.utils.generic import is_flash_attention_requested
+except ImportError:  # transformers < 5: the same test, by name
+    def is_flash_attention_requested(config) -> bool:
+        return "flash" in (config._attn_implementation or "")
 
 SHARED, CHOSEN, REJECTED = 0, 1, 2  # branch ids; sequence j of a group is branch j + 1
-FLASH = ("flash_attention_2", "flash_attention_3")  # varlen kernels: block-causal masks only
 # budget 0: rows of twice the mean group, at most this (unless a group is longer). With a dense
 # mask, attention time and memory grow with the row's width squared: on CPU, SmolLM2 pairs of
 # ~460 tokens took 1.6x the time and 1.5x the memory two to a row than one to a row.
@@ -59,6 +72,8 @@ class Packed:
     last_index: torch.Tensor  # [S] slot of each sequence's last token (the reward's reading)
     ntok: torch.Tensor  # [S] response tokens per sequence (>= 1, as in the padded path)
     n_targets: int  # true total of response tokens (no clamping), for token-mean losses
+    seq_group: torch.Tensor  # [S] the group each sequence is in
+    seq_branch: torch.Tensor  # [S] its own branch (SHARED for a sequence alone in its group)
 
     def to(self, device) -> "Packed":
         return Packed(**{k: v.to(device) if torch.is_tensor(v) else v for k, v in self.__dict__.items()})
@@ -127,6 +142,7 @@ def pack(groups: list[list[Encoded]], pad_id: int, budget: int = 0, share_prefix
         n += len(seqs)
     last = [0] * n
     ntok = [0] * n
+    sgroup, sbranch = [0] * n, [0] * n
     for r, members in enumerate(rows):
         offset = 0
         for g in members:
@@ -137,6 +153,7 @@ def pack(groups: list[list[Encoded]], pad_id: int, budget: int = 0, share_prefix
             br[r, span] = torch.tensor(branch)
             for j, (seq, slots) in enumerate(zip(groups[g], maps)):
                 s = seq_of_group[g] + j
+                sgroup[s], sbranch[s] = g, SHARED if len(groups[g]) == 1 else CHOSEN + j
                 flat = [r * width + offset + i for i in slots]
                 pos.view(-1)[flat] = torch.arange(len(slots))
                 last[s] = flat[-1]
@@ -151,7 +168,33 @@ def pack(groups: list[list[Encoded]], pad_id: int, budget: int = 0, share_prefix
             offset += len(tokens)
     as_long = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
     return Packed(ids, pos, grp, br, as_long(pred), as_long(target), as_long(tseq), as_long(last),
-                  as_long(ntok), len(target))
+                  as_long(ntok), len(target), as_long(sgroup), as_long(sbranch))
+
+
+def whole_sequences(packed: Packed) -> Packed:
+    """The same sequences in one row, each whole (a shared prompt copied to each of its
+    sequences), one after another, no padding: what a varlen kernel can attend correctly."""
+    flat_group, flat_branch = packed.group.reshape(-1), packed.branch.reshape(-1)
+    slots = [((flat_group == g) & ((flat_branch == SHARED) | (flat_branch == b))).nonzero().squeeze(1)
+             for g, b in zip(packed.seq_group.tolist(), packed.seq_branch.tolist())]
+    lengths = torch.tensor([len(x) for x in slots], device=flat_group.device)
+    start = lengths.cumsum(0) - lengths
+    order = torch.cat(slots)
+    pred = packed.pred_index.clone()
+    for s, own in enumerate(slots):  # a target's slot, within its own sequence's copy
+        mine = packed.target_seq == s
+        pred[mine] = start[s] + torch.searchsorted(own, packed.pred_index[mine])
+    seq = torch.repeat_interleave(torch.arange(len(slots), device=flat_group.device), lengths)
+    return Packed(packed.input_ids.reshape(-1)[order][None], packed.position_ids.reshape(-1)[order][None],
+                  seq[None], torch.zeros_like(seq)[None], pred, packed.target, packed.target_seq,
+                  start + lengths - 1, packed.ntok, packed.n_targets, torch.arange(len(slots), device=seq.device),
+                  torch.zeros(len(slots), dtype=torch.long, device=seq.device))
+
+
+def has_shared_prefixes(packed: Packed) -> bool:
+    """Whether a group stores a prefix once for several sequences (slots of branch 0 and others)."""
+    shared = packed.group[(packed.branch == SHARED) & (packed.group >= 0)]
+    return bool(torch.isin(packed.group[packed.branch != SHARED], shared).any())
 
 
 def dense_mask(packed: Packed) -> torch.Tensor:
@@ -177,23 +220,57 @@ def flex_block_mask(packed: Packed):
     return create_block_mask(mask_mod, rows, None, width, width, device=g.device)
 
 
+def varlen_kernel(model) -> bool:
+    """Whether the model's attention kernel only takes block-causal segments (``cu_seqlens``, cut
+    where the position ids restart), no arbitrary mask: transformers' own notion, i.e. a kernel
+    registered with flash-attention's mask function (flash_attention_2/3/4, and hub kernels with a
+    ``flash_attn_varlen_func`` once loaded) or one whose name asks for flash attention."""
+    config = _hf(model).config
+    return (ALL_MASK_ATTENTION_FUNCTIONS.get(config._attn_implementation) is flash_attention_mask
+            or is_flash_attention_requested(config))
+
+
 def shares_prefixes(model) -> bool:
-    """Whether the model's attention kernel takes arbitrary masks (all but the varlen kernels)."""
-    return _hf(model).config._attn_implementation not in FLASH
+    """Whether the model's attention kernel takes arbitrary masks (all but the varlen kernels), so
+    a pair's prompt can be stored once. (Without, :class:`PackedForward` copies it anyway.)"""
+    return not varlen_kernel(model)
 
 
 def attention_inputs(model, packed: Packed) -> dict:
-    """The attention arguments for the model's kernel: the one place that picks it."""
-    impl = _hf(model).config._attn_implementation
-    if impl in FLASH:  # one row; cu_seqlens come from position ids restarting at 0 (no shared prompts)
+    """The attention arguments for the model's kernel: the one place that picks it, by the mask
+    transformers registers for it. A varlen kernel takes no mask: refused a shared prefix, which
+    it could only attend as one segment (``whole_sequences`` lays a batch out for it)."""
+    hf = _hf(model)
+    if varlen_kernel(model):  # one row; cu_seqlens come from position ids restarting at 0
+        if has_shared_prefixes(packed):
+            raise ValueError(f"attention kernel {hf.config._attn_implementation!r} takes only block-causal "
+                             "segments: a shared prompt would let one response attend to another; lay the batch "
+                             "out with packing.whole_sequences (PackedForward does)")
         return {"attention_mask": None, "position_ids": packed.position_ids.reshape(1, -1)}
-    if impl == "flex_attention":
+    _check_window(hf, packed)
+    mask_function = ALL_MASK_ATTENTION_FUNCTIONS.get(hf.config._attn_implementation)
+    if mask_function is flex_attention_mask:
         return {"attention_mask": flex_block_mask(packed), "position_ids": packed.position_ids}
     mask = dense_mask(packed)
-    if impl != "sdpa":  # eager and others add the mask to the scores
-        dtype = next(_hf(model).parameters()).dtype
+    if mask_function is not sdpa_mask:  # eager and others add the mask to the scores
+        dtype = next(hf.parameters()).dtype
         mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
     return {"attention_mask": mask, "position_ids": packed.position_ids}
+
+
+def _check_window(hf, packed: Packed) -> None:
+    """Refuse sequences longer than a sliding attention window: transformers hands a 4D mask to
+    every layer as it is, so sliding layers would see the whole sequence (varlen kernels apply
+    the window themselves)."""
+    window = getattr(hf.config, "sliding_window", None)
+    layer_types = getattr(hf.config, "layer_types", None)
+    if not window or (layer_types is not None and "sliding_attention" not in layer_types):
+        return
+    longest = int(packed.position_ids.max()) + 1
+    if longest > window:
+        raise ValueError(f"{hf.config.model_type}: a sliding attention window of {window} tokens, which packed "
+                         f"attention masks do not apply, and a sequence of {longest} tokens; set lengths.max_length "
+                         f"to at most {window}, or model.attn_implementation to a flash-attention kernel")
 
 
 def _hf(model):
@@ -213,18 +290,15 @@ def final_hidden(model, packed: Packed) -> torch.Tensor:
 def target_logps(model, hidden: torch.Tensor, packed: Packed, chunk: int = 4096) -> torch.Tensor:
     """Per-sequence sum of response-token log-probs, from the predicting slots only.
 
-    The LM head and log-softmax run on at most ``chunk`` positions at a time, so peak memory is
-    bounded by chunk x vocabulary whatever the batch.
+    The LM head (with the family's logit transforms, checked once per model against its own
+    forward: ``logits.check_lm_logits``) and the log-softmax run on at most ``chunk`` positions at
+    a time, so peak memory is bounded by chunk x vocabulary whatever the batch.
     """
     hf = _hf(model)
-    head = hf.get_output_embeddings()
-    softcap = getattr(hf.config, "final_logit_softcapping", None)  # Gemma 2 and kin
+    check_lm_logits(hf)
     parts = []
     for lo in range(0, packed.pred_index.shape[0], chunk):
-        h = hidden[packed.pred_index[lo:lo + chunk]]
-        logits = at_least_fp32(head(h))
-        if softcap:
-            logits = torch.tanh(logits / softcap) * softcap
+        logits = lm_logits(hf, hidden[packed.pred_index[lo:lo + chunk]])
         tgt = packed.target[lo:lo + chunk, None]
         parts.append(torch.gather(F.log_softmax(logits, dim=-1), 1, tgt).squeeze(1))
     logp = torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
@@ -243,11 +317,13 @@ class PackedForward(nn.Module):
         self.model = model
 
     def forward(self, packed: Packed, logps: bool = True, rewards: bool = False):
+        if varlen_kernel(self.model):  # whoever packed it: no shared prompt, no padding
+            packed = whole_sequences(packed)
         hidden = final_hidden(self.model, packed)
         logp = target_logps(self.model, hidden, packed) if logps else None
         reward = None
         if rewards:
-            reward = self.model.head(hidden[packed.last_index]).squeeze(-1)
+            reward = self.model.reward(hidden[packed.last_index])
         return logp, reward
 
 

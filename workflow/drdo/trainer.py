@@ -9,12 +9,34 @@ per-rank shards, so N processes with micro-batch b/N reproduce one process with 
 ``save_state``: weights, optimizer, scheduler and every RNG, CUDA included) and finishes
 exactly as an uninterrupted one would.
 
-Mixed precision: ``dtype: bfloat16`` means bf16 compute with fp32 master weights and fp32
-AdamW states (autocast, or DeepSpeed's bf16 optimizer), never bf16 optimizer states.
+Precision contract (``train.dtype`` bfloat16 or float16; float32 is plain fp32 throughout),
+the same on every backend:
+
+* Weights load in fp32 (``cmd_train``): the fp32 parameters are the master weights, exactly the
+  checkpoint's values, and AdamW keeps its states in fp32. Buffers keep what ``from_pretrained``
+  gives them (the rotary frequencies stay fp32).
+* Forward and backward run under ``torch.autocast(dtype)``: linear layers and matmuls in bf16;
+  what autocast keeps in fp32, the norms (they upcast) and the log-softmax of the log-probs
+  (``packing.target_logps`` upcasts) in fp32. Gradients land in the fp32 parameters' ``.grad``:
+  accumulated over micro-batches and reduced over ranks in fp32.
+* One process: accelerate's native AMP wraps the forward in autocast; nothing else changes.
+* DDP: the same autocast on each rank; DDP all-reduces the fp32 gradients.
+* DeepSpeed ZeRO-2: not DeepSpeed's ``bf16`` mode (which casts the module's parameters to bf16
+  in ``deepspeed.initialize``, so the masters start from bf16-rounded weights, the forward is
+  pure bf16, and gradients are accumulated and reduce-scattered in bf16), but its
+  ``torch_autocast`` mode: the module stays fp32, DeepSpeed enters autocast around the forward,
+  and no parameter gets a bf16 communication dtype (``lower_precision_safe_modules: []``);
+  ``communication_data_type`` and ``grad_accum_dtype`` are fp32. The trainer sets these keys
+  (:func:`deepspeed_config`); a DeepSpeed config file that sets them is refused.
+* Evaluation (``evaluate``, rank 0's validation pass) runs under the same autocast.
+* The checkpoint is saved in ``train.save_dtype`` (parameters cast on rank 0 after evaluation;
+  the manifest records it): float32 keeps the master weights exactly, bfloat16 halves the size
+  and is what frozen bf16 stages compute with anyway (they round fp32 weights to bf16 on load).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -60,6 +82,7 @@ class TrainConfig:
     seed: int = 0
     save_every: int = 0  # resume-state interval in optimizer steps; 0 = never
     dtype: str = "float32"  # compute dtype; master weights and optimizer states stay fp32
+    save_dtype: str = "float32"  # dtype of the saved checkpoint's parameters
     gradient_checkpointing: bool = False
     pack_tokens: int = 0  # row budget of a packed micro-batch in tokens; 0: packing.AUTO_ROW_CAP rule
     deepspeed: str | dict | None = None  # DeepSpeed config (JSON path or its content); None = DDP
@@ -82,20 +105,42 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
     handlers = [InitProcessGroupKwargs(backend="gloo")] if world > 1 and not torch.cuda.is_available() else []
     plugin = None
     if cfg.deepspeed and world > 1:  # ZeRO shards over ranks: nothing to gain on one process
-        ds = dict(cfg.deepspeed) if isinstance(cfg.deepspeed, dict) else json.loads(Path(cfg.deepspeed).read_text())
-        # the batch values accelerate would otherwise infer from a DataLoader, which we do not use
-        ds.update(train_micro_batch_size_per_gpu=_micro_batch(cfg.batch_size, world),
-                  gradient_accumulation_steps=cfg.grad_accum, train_batch_size=cfg.batch_size * cfg.grad_accum,
-                  gradient_clipping=cfg.max_grad_norm, bf16={"enabled": cfg.dtype == "bfloat16"},
-                  fp16={"enabled": cfg.dtype == "float16"})
-        plugin = DeepSpeedPlugin(hf_ds_config=ds)
+        plugin = DeepSpeedPlugin(hf_ds_config=deepspeed_config(cfg, world))
     if world == 1:  # a process may train several models (tests, notebooks): accelerate's state is global
         AcceleratorState._reset_state()
-    return Accelerator(mixed_precision=MIXED_PRECISION[cfg.dtype],
+    # under DeepSpeed, its config alone sets precision (accelerate would switch on DeepSpeed's bf16 mode)
+    return Accelerator(mixed_precision=MIXED_PRECISION[cfg.dtype] if plugin is None else "no",
                        gradient_accumulation_steps=cfg.grad_accum, deepspeed_plugin=plugin,
                        kwargs_handlers=handlers, cpu=not torch.cuda.is_available() and plugin is None,
                        # we shard each global batch ourselves: step the LR schedule once per optimizer step
                        dataloader_config=DataLoaderConfiguration(split_batches=True))
+
+
+DEEPSPEED_PRECISION_KEYS = ("bf16", "fp16", "torch_autocast", "communication_data_type", "data_types")
+
+
+def deepspeed_config(cfg: TrainConfig, world: int) -> dict:
+    """The DeepSpeed config of a run: ``train.deepspeed`` plus the batch and precision keys the
+    trainer owns (the precision contract in the module docstring)."""
+    ds = dict(cfg.deepspeed) if isinstance(cfg.deepspeed, dict) else json.loads(Path(cfg.deepspeed).read_text())
+    if owned := [k for k in DEEPSPEED_PRECISION_KEYS if k in ds]:
+        raise ValueError(f"config key train.deepspeed: the DeepSpeed config sets {owned}; the trainer sets them "
+                         "from train.dtype (the precision contract in drdo.trainer): remove them")
+    mixed = cfg.dtype != "float32"
+    # the batch values accelerate would otherwise infer from a DataLoader, which we do not use
+    ds.update(train_micro_batch_size_per_gpu=_micro_batch(cfg.batch_size, world),
+              gradient_accumulation_steps=cfg.grad_accum, train_batch_size=cfg.batch_size * cfg.grad_accum,
+              gradient_clipping=cfg.max_grad_norm, bf16={"enabled": False}, fp16={"enabled": False},
+              torch_autocast={"enabled": mixed, "dtype": cfg.dtype, "lower_precision_safe_modules": []},
+              communication_data_type="fp32", data_types={"grad_accum_dtype": "fp32"})
+    return ds
+
+
+def autocast(dtype: str, device: torch.device):
+    """The compute autocast of ``train.dtype``, as training uses it; float32: no context at all."""
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=getattr(torch, dtype))
 
 
 def _micro_batch(batch_size: int, world: int) -> int:
@@ -324,15 +369,18 @@ def _refuse_nonfinite(cfg: TrainConfig, step: int, steps: int, skipped: int, acc
 
 @torch.no_grad()
 def evaluate(model, examples: list[Example], objective: Objective, pad_id: int, batch_size: int,
-             budget: int = 0) -> dict:
-    """Mean of the objective's loss terms over ``examples`` (e.g. validation pair accuracy)."""
+             budget: int = 0, dtype: str = "float32") -> dict:
+    """Mean of the objective's loss terms over ``examples`` (e.g. validation pair accuracy).
+    ``dtype``: the run's ``train.dtype``; the forward runs under its autocast, as in training."""
     model.eval()
     device = next(model.parameters()).device
     sums: dict[str, float] = defaultdict(float)
     for lo in range(0, len(examples), batch_size):
         chunk = examples[lo:lo + batch_size]
         batch = _to(collate(chunk, pad_id, objective.paired, budget, shares_prefixes(model)), device)
-        loss, terms = objective.loss(forward(model, batch, objective), batch["values"])
+        with autocast(dtype, device):
+            out = forward(model, batch, objective)
+        loss, terms = objective.loss(out, batch["values"])
         for k, v in {"loss": loss, **terms}.items():
             sums[k] += float(v) * len(chunk)
     return {k: v / len(examples) for k, v in sums.items()}

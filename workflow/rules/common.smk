@@ -58,6 +58,10 @@ if sum((LENGTHS["max_prompt_length"], LENGTHS["max_new_tokens"], 2)) > LENGTHS["
 # model.chat_template is true or names a template file: the base rule sets that on the tokenizer).
 TOKENS = {"max_prompt_length": LENGTHS["max_prompt_length"], "max_length": LENGTHS["max_length"],
           "chat_template": bool(config["model"].get("chat_template", False))}
+# How every stage that runs a model loads it (drdo.modeling.pretrained_kwargs): the training,
+# table, generation and scoring jobs. The base stage only writes a checkpoint, which does not
+# record the kernel, so it neither takes nor re-runs for it.
+LOADING = {"attn_implementation": config["model"]["attn_implementation"]}
 # task: tldr (summarisation, TL;DR comparisons) or ultrafeedback (instruction following)
 TASK = config.get("task", "tldr")
 EVAL_SETS = {"tldr": ["tldr", "news"], "ultrafeedback": ["ultrafeedback", "alpaca_eval"]}[TASK]
@@ -88,7 +92,7 @@ def repo_path(path):
 
 def train_params(*sections):
     """``train`` defaults overridden by each named section in turn, e.g. ("align", "drdo")."""
-    params = {**config["train"], **TOKENS}
+    params = {**config["train"], **TOKENS, **LOADING}
     for path in sections:
         node = config
         for key in path.split("."):
@@ -195,7 +199,7 @@ def _base_params(model):
         raise ValueError(f"config key model.chat_template: cannot read {template!r}: {e}")
 
 
-BASE_PARAMS = _base_params(config["model"])
+BASE_PARAMS = _base_params({k: v for k, v in config["model"].items() if k not in LOADING})
 # The Oracle's own starting model (oracle.base), made by the same stage with the same prompt format.
 ORACLE_BASE_PARAMS = {**BASE_PARAMS, "name_or_path": ORACLE_BASE or config["model"]["name_or_path"]}
 
@@ -254,7 +258,7 @@ EVAL_KEYS = {"tldr": ["n_tldr", "n_news", "seed"], "ultrafeedback": ["n_ultrafee
 NORMALISE_PARAMS = as_json({**{k: config["eval"][k] for k in EVAL_KEYS}, **hub_specs(),
                             **({"task": TASK, "holdout": config["data"]["holdout"]} if TASK != "tldr" else {})})
 SPLIT_PARAMS = as_json({**config["split"], **TOKENS})
-INFERENCE = {"dtype": config["train"]["dtype"]}  # frozen models compute in the training dtype
+INFERENCE = {"dtype": config["train"]["dtype"], **LOADING}  # frozen models compute in the training dtype
 TABLE_PARAMS = as_json({**TOKENS, "batch_size": config["score"]["batch_size"], **INFERENCE})
 # The gold reward exists only in the synthetic world: real data gets no `gold` column.
 SCORE_PARAMS = as_json({**config["score"], **TOKENS, **INFERENCE,

@@ -1,4 +1,4 @@
-# Precomputed per-pair values, keyed by pair_id (README: "Tables"), so neither the Oracle,
+# Precomputed per-pair values, keyed by pair_id (docs/artifacts.md, "Tables"), so neither the Oracle,
 # the ensemble nor the reference policy is in memory during alignment.
 
 

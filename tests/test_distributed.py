@@ -1,7 +1,9 @@
 """The trainer on N processes: 2 CPU ranks (DDP over gloo, and DeepSpeed ZeRO-2) with micro-batch
 b/2 end with the same weights and loss curve as 1 process with batch b; only rank 0 writes.
 
-Runs the real stage through the real launcher (``python -m drdo.launch``), as the rules do.
+Runs the real stage through the real launcher (``python -m drdo.launch``), as the rules do, with
+``--cpu-ranks`` (the config's ``resources.cpu_ranks: true``): the launcher's explicit opt-in to
+ranks on the CPU, without which a job asking for GPUs on a machine without CUDA stops.
 The first DeepSpeed run on a machine compiles a small communication extension (~60 s).
 """
 
@@ -61,7 +63,8 @@ def _train(inputs: Path, name: str, objective: str, params: dict, processes: int
             "--out", str(out), "--resume", str(inputs / ".resume" / name)]
     args += (["--data", str(inputs / "pairs.parquet"), "--tables", str(inputs / "oracle.parquet")]
              if objective == "drdo" else ["--data", str(inputs / "sft.parquet")])
-    cmd = [sys.executable, "-m", "drdo.launch", "--processes", str(processes), "--threads", "2", "--", *args]
+    cmd = [sys.executable, "-m", "drdo.launch", "--processes", str(processes), "--cpu-ranks", "--threads", "2", "--",
+           *args]
     env = {**os.environ, "PYTHONPATH": f"{REPO / 'workflow'}:{os.environ.get('PYTHONPATH', '')}"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=480)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -143,11 +146,15 @@ def test_launcher_commands(monkeypatch):
     cmd, env = command(2, 4, ["train", "--params", json.dumps({"deepspeed": "z.json"})])
     assert "--use_deepspeed" in cmd and cmd[cmd.index("--num_processes") + 1] == "2" and env["OMP_NUM_THREADS"] == "2"
     assert "--multi_gpu" in command(2, 2, ["--lineage", "abc", "train", "--params", "{}"])[0]
-    with pytest.raises(ValueError, match="resources"):
-        command(2, 2, ["generate", "--params", "{}"])
+    with pytest.raises(ValueError, match=r"config key resources\.generate\.gpu to 0 or 1"):
+        command(2, 2, ["generate", "--params", "{}"], rule="generate")
     # CPU jobs keep freed memory for reuse (no page faults per step); GPU jobs and a user's own setting are left alone
     assert command(0, 1, ["generate"])[1]["MALLOC_MMAP_THRESHOLD_"] == str(1 << 30)
     assert "MALLOC_MMAP_THRESHOLD_" not in command(1, 1, ["generate"])[1]
+    # CPU jobs (gpu: 0, or ranks on the CPU by opt-in) see no GPU; GPU jobs get theirs from main()
+    for cpu_job in (command(0, 1, ["generate"]), command(2, 2, ["train", "--params", "{}"], cpu=True)):
+        assert cpu_job[1]["CUDA_VISIBLE_DEVICES"] == "" and cpu_job[1]["DS_ACCELERATOR"] == "cpu"
+    assert "CUDA_VISIBLE_DEVICES" not in command(2, 2, ["train", "--params", "{}"])[1]
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "0")
     assert "MALLOC_TRIM_THRESHOLD_" not in command(0, 1, ["generate"])[1]
 
@@ -172,7 +179,8 @@ def test_zero2_job_killed_midway_resumes_to_the_same_weights(inputs):
             "--out", str(inputs / name), "--resume", str(inputs / ".resume" / name),
             "--data", str(inputs / "pairs.parquet"), "--tables", str(inputs / "oracle.parquet")]
     env = {**os.environ, "PYTHONPATH": f"{REPO / 'workflow'}:{os.environ.get('PYTHONPATH', '')}"}
-    proc = subprocess.Popen([sys.executable, "-m", "drdo.launch", "--processes", "2", "--threads", "2", "--", *args],
+    proc = subprocess.Popen([sys.executable, "-m", "drdo.launch", "--processes", "2", "--cpu-ranks", "--threads", "2",
+                             "--", *args],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     meta = inputs / ".resume" / name / "drdo_resume.json"
     deadline = time.monotonic() + 300

@@ -149,7 +149,8 @@ def test_outputs_equal_the_local_run(slurm_run, local_run):
 @pytest.mark.skipif(not (REPO / "workflow" / "drdo" / "launch.py").exists(), reason="needs drdo.launch")
 def test_align_on_two_gpus_runs_two_ranks(slurm_run, local_run, tmp_path):
     """resources.align.gpu: 2 -> sbatch asks for 2 GPUs (the node's fake ones) and the launcher
-    starts 2 ranks (gloo on CPU), which train the same DPO policy as one process."""
+    starts 2 ranks on the CPU (gloo: the e2e config's resources.cpu_ranks), which train the same
+    DPO policy as one process."""
     wd = tmp_path / "two-gpus"
     shutil.copytree(slurm_run[0], wd, symlinks=True)  # keeps mtimes: only the forced job re-runs
     proc = snakemake(wd, f"--profile={PROFILE}", "--forcerun=align", TARGET, override="resources: {align: {gpu: 2}}")
@@ -161,3 +162,22 @@ def test_align_on_two_gpus_runs_two_ranks(slurm_run, local_run, tmp_path):
     assert re.search(r"world.size.\D*2", log), log[-2000:]
     # N ranks with micro-batch b/N train what one process with batch b does
     assert_same_weights(wd / TARGET, local_run / TARGET, atol=1e-6)
+
+
+def test_gpu_job_on_a_node_without_cuda_stops_without_cpu_ranks(slurm_run, tmp_path):
+    """The same 2-GPU job without resources.cpu_ranks: SLURM grants the node's 2 fake GPUs, which
+    have no CUDA, and the job stops naming its config key and what SLURM granted, instead of
+    training on the CPU."""
+    wd = tmp_path / "no-cuda"
+    shutil.copytree(slurm_run[0], wd, symlinks=True)
+    # (mtime only: the other torch jobs' commands lose --cpu-ranks too, and need not re-run for this)
+    proc = snakemake(wd, f"--profile={PROFILE}", "--forcerun=align", "--rerun-triggers=mtime", TARGET,
+                     override="resources: {align: {gpu: 2}, cpu_ranks: false}", check=False)
+    assert proc.returncode != 0
+    (jobid, slurm_log), = submitted(proc)["align"]
+    assert scontrol(jobid)["JobState"] == "FAILED"
+    log = (wd / OUT / "logs" / "align_dpo-all.log").read_text()
+    # this SLURM names the granted GPUs in no variable (real clusters set CUDA_VISIBLE_DEVICES)
+    assert ("config key resources.align.gpu asks for 2 GPU(s), but no CUDA GPU is visible here "
+            "(SLURM granted 2 GPU(s) without naming them)") in log, log[-2000:]
+    assert not (wd / TARGET).exists()

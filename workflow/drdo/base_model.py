@@ -4,6 +4,8 @@ initialised from a config with a seed."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -32,8 +34,25 @@ def tiny_llama(tokenizer, arch: dict, seed: int) -> LlamaForCausalLM:
 
 
 def build_base(params: dict, texts):
-    """(model, tokenizer) as ``params`` (the config's ``model`` section) says."""
-    if params["name_or_path"] != "tiny":
-        return load_causal_lm(params["name_or_path"], params["dtype"]), load_tokenizer(params["name_or_path"])
+    """(model, tokenizer) as ``params`` (the config's ``model`` section) says: a pretrained one at
+    its ``revision`` (model.revision / oracle.base_revision; None: the default branch)."""
+    name, revision = params["name_or_path"], params.get("revision")
+    if name != "tiny":
+        return load_causal_lm(name, params["dtype"], revision=revision), load_tokenizer(name, revision=revision)
     tokenizer = train_tokenizer(texts, params["vocab_size"])
     return tiny_llama(tokenizer, params["tiny"], params["seed"]), tokenizer
+
+
+def hub_source(params: dict) -> dict:
+    """What the base model's provenance records of a hub model: its id, the revision asked for and
+    the commit the files were read at (unpinned runs can pin it afterwards); nothing for `tiny` or a
+    local folder."""
+    name = params["name_or_path"]
+    if name == "tiny" or Path(name).is_dir():
+        return {}
+    from huggingface_hub import try_to_load_from_cache
+
+    # from_pretrained read the files from the hub cache, laid out as <repo>/snapshots/<commit>/<file>
+    cached = try_to_load_from_cache(name, "config.json", revision=params.get("revision"))
+    commit = Path(cached).parent.name if isinstance(cached, str) else None
+    return {"hub_model": {"id": name, "revision": params.get("revision"), "commit": commit}}

@@ -100,7 +100,7 @@ def _normalise_ultrafeedback(src: dict, p: dict):
 
 
 def cmd_base(a) -> None:
-    from .base_model import build_base
+    from .base_model import build_base, hub_source
 
     pairs, sft = io.read_parquet(a.pairs), io.read_parquet(a.sft)
     texts = pd.concat([sft["prompt"], sft["response"], pairs["prompt"], pairs["chosen"], pairs["rejected"]])
@@ -108,7 +108,8 @@ def cmd_base(a) -> None:
     _set_chat_template(tokenizer, a.params)
     log.info("base model: %s, %.2fM parameters, vocabulary %d", a.params["name_or_path"],
              sum(p.numel() for p in model.parameters()) / 1e6, len(tokenizer))
-    _save_checkpoint(model, tokenizer, a.out, io.provenance("base", a.params, {"pairs": a.pairs, "sft": a.sft}))
+    _save_checkpoint(model, tokenizer, a.out, {**io.provenance("base", a.params, {"pairs": a.pairs, "sft": a.sft}),
+                                               **hub_source(a.params)})
 
 
 def _set_chat_template(tokenizer, params: dict) -> None:

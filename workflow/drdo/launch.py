@@ -1,9 +1,15 @@
-"""Start a stage on one process, or on N ranks for training (one per GPU; N CPU ranks over gloo
-when there is no CUDA), so every Snakemake rule calls the same thing whatever its resources:
+"""Start a stage on the devices its rule asked for, so every Snakemake rule calls the same thing
+whatever its resources:
 
-    python -m drdo.launch --processes N --threads T -- <arguments of python -m drdo>
+    python -m drdo.launch --rule R --processes N --threads T [--cpu-ranks] -- <arguments of python -m drdo>
 
-N <= 1 runs ``python -m drdo`` itself. N > 1 runs ``accelerate launch`` with N processes on a
+N = 0: one process on the CPU (CUDA hidden). N >= 1: one rank per GPU (N > 1: training only) on
+N GPUs that the job takes among those visible to it and no other job on this machine holds
+(``drdo.gpus``); no CUDA, or fewer GPUs visible than N, is an error naming ``resources.R.gpu``,
+never a silent run on the CPU. ``--cpu-ranks`` (the config's ``resources.cpu_ranks``) runs the N
+ranks on the CPU instead, over gloo, CUDA hidden: for tests and CI on machines without GPUs.
+
+One process runs ``python -m drdo`` itself. N > 1 runs ``accelerate launch`` with N processes on a
 free port: ``--use_deepspeed`` when the stage's ``--params`` name a DeepSpeed config
 (``train.deepspeed``), plain DDP otherwise. T threads are split evenly over the ranks.
 """
@@ -15,6 +21,8 @@ import json
 import os
 import socket
 import sys
+
+from . import gpus
 
 
 def free_port() -> int:
@@ -45,18 +53,21 @@ def _stage(args: list[str]) -> str | None:
     return None
 
 
-def command(processes: int, threads: int, args: list[str]) -> tuple[list[str], dict]:
-    """The command line and extra environment that run ``python -m drdo ARGS`` on ``processes`` ranks."""
+def command(processes: int, threads: int, args: list[str], cpu: bool = False,
+            rule: str = "<rule>") -> tuple[list[str], dict]:
+    """The command line and extra environment that run ``python -m drdo ARGS`` on ``processes``
+    ranks: on the CPU when ``cpu`` or ``processes`` is 0 (CUDA hidden), else on GPUs."""
     per_rank = max(1, threads // max(1, processes))
     drdo = ["--threads", str(per_rank), *args]
     env = {"OMP_NUM_THREADS": str(per_rank)}
-    if processes == 0:
+    if cpu or processes == 0:
+        env |= {"CUDA_VISIBLE_DEVICES": "", "DS_ACCELERATOR": "cpu"}
         env |= {k: v for k, v in CPU_MALLOC.items() if k not in os.environ}
     if processes <= 1:
         return [sys.executable, "-m", "drdo", *drdo], env
     stage = _stage(args)
     if stage != "train":
-        raise ValueError(f"stage {stage!r} runs on one process; set its resources.<rule>.gpu to 0 or 1")
+        raise ValueError(f"stage {stage!r} runs on one process; set config key resources.{rule}.gpu to 0 or 1")
     params = json.loads(args[args.index("--params") + 1]) if "--params" in args else {}
     mode = ["--use_deepspeed"] if params.get("deepspeed") else ["--multi_gpu"]
     launcher = [sys.executable, "-m", "accelerate.commands.launch", *mode, "--num_processes", str(processes),
@@ -65,15 +76,36 @@ def command(processes: int, threads: int, args: list[str]) -> tuple[list[str], d
     return [*launcher, "-m", "drdo", *drdo], env
 
 
+def _say(message: str) -> None:
+    print("launch:", message, file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="drdo.launch", description=__doc__.split("\n")[0])
-    ap.add_argument("--processes", type=int, default=0, help="ranks (a job's GPUs); 0 or 1: one process")
+    ap.add_argument("--processes", type=int, default=0, help="the job's GPUs, one rank each; 0: one process on the CPU")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads of the whole job")
+    ap.add_argument("--rule", default="<rule>", help="the job's rule: errors name its config key resources.<rule>.gpu")
+    ap.add_argument("--cpu-ranks", action="store_true",
+                    help="run the --processes ranks on the CPU (gloo), CUDA hidden: tests and CI without GPUs")
     ap.add_argument("args", nargs=argparse.REMAINDER, help="-- then the arguments of python -m drdo")
     a = ap.parse_args(argv)
     args = a.args[1:] if a.args[:1] == ["--"] else a.args
-    cmd, env = command(a.processes, a.threads, args)
-    print("launch:", " ".join(cmd), file=sys.stderr, flush=True)
+    try:
+        cmd, env = command(a.processes, a.threads, args, cpu=a.cpu_ranks, rule=a.rule)
+    except ValueError as e:
+        raise SystemExit(f"drdo.launch: {e}") from None
+    if a.processes >= 1 and not a.cpu_ranks:
+        if granted := gpus.slurm_granted(os.environ):  # before CUDA starts: only those are the job's
+            os.environ["CUDA_VISIBLE_DEVICES"] = granted
+        visible = gpus.visible_gpus()
+        problem = gpus.shortfall(f"resources.{a.rule}.gpu", a.processes, visible, gpus.seen(os.environ))
+        if problem:
+            raise SystemExit(f"drdo.launch: {problem}")
+        # held through the exec below (inheritable descriptors): freed when the job's process ends
+        held = gpus.take(visible, a.processes, f"pid {os.getpid()} (rule {a.rule})", _say)
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(g.name for g in held)
+        _say(f"GPUs {env['CUDA_VISIBLE_DEVICES']} of {', '.join(g.name for g in visible)} visible")
+    _say(" ".join(cmd))
     os.execvpe(cmd[0], cmd, {**os.environ, **env})
 
 

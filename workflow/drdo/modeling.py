@@ -19,8 +19,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 HEAD_FILE = "reward_head.safetensors"
 
 
-def load_tokenizer(name_or_path: str | os.PathLike):
-    tok = AutoTokenizer.from_pretrained(str(name_or_path))
+def load_tokenizer(name_or_path: str | os.PathLike, revision: str | None = None):
+    """``revision``: a hub model's commit, tag or branch (model.revision); None: the default branch."""
+    tok = AutoTokenizer.from_pretrained(str(name_or_path), revision=revision)
     if tok.pad_token is None:  # many causal LMs ship without one
         tok.pad_token = tok.eos_token
     return tok

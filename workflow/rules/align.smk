@@ -20,6 +20,6 @@ rule align:
     conda:
         ENV
     shell:
-        "python -m drdo.launch --processes {resources.gpu} --threads {threads} -- --lineage {params.lineage} --version-mismatch {params.versions} train --objective {wildcards.method} --params {params.cfg:q}"
+        launch("align") + " -- --lineage {params.lineage} --version-mismatch {params.versions} train --objective {wildcards.method} --params {params.cfg:q}"
         " --init {input.sft} --data {input.data} --tables {input.tables} --out {output}"
         " --resume {params.resume} > {log} 2>&1"

@@ -69,6 +69,21 @@ ORACLE_BASE = config["oracle"].get("base")  # null: the Oracle starts from the p
 if ORACLE_BASE and (gguf.model_spec(ORACLE_BASE) or ORACLE_BASE == "tiny"):
     raise ValueError(f"config key oracle.base: {ORACLE_BASE!r} is not supported for the Oracle (a Hugging Face "
                      "model id or local directory; a GGUF or `tiny` base only as model.name_or_path)")
+
+
+def check_revision(name, revision, key, name_key):
+    """A revision pins a hub model: refused (naming ``key``) for `tiny`, a GGUF or a local folder,
+    which would load the same whatever it says."""
+    if revision is not None and (name == "tiny" or gguf.model_spec(name) or os.path.isdir(name)):
+        raise ValueError(f"config key {key}: {name_key} {name!r} is not a Hugging Face hub id, so a "
+                         f"revision cannot pin it; set {key} to null")
+
+
+check_revision(config["model"]["name_or_path"], config["model"].get("revision"), "model.revision", "model.name_or_path")
+if config["oracle"].get("base_revision") is not None and not ORACLE_BASE:
+    raise ValueError("config key oracle.base_revision: set only with oracle.base (without one the Oracle "
+                     "starts from the policy's SFT)")
+check_revision(ORACLE_BASE or "", config["oracle"].get("base_revision"), "oracle.base_revision", "oracle.base")
 POLICIES = ["sft"] + [f"{m}-{s}" for m in METHODS for s in SPLITS]
 ENV = "../../envs/drdo.yaml"
 
@@ -126,6 +141,14 @@ def res(name, key):
     """A job's resource from the config's ``resources`` section (the rule's entry, else default)."""
     return config["resources"].get(name, {}).get(key, config["resources"]["default"][key])
 
+
+def launch(name):
+    """The command that starts the stage of the torch job ``name`` (drdo/launch.py), on
+    resources.<name>.gpu GPUs of its own, or that many ranks on the CPU where resources.cpu_ranks
+    says so. The flag is part of the command, so switching it re-runs the torch jobs (what CPU
+    ranks made stands in for a GPU run only in tests and CI)."""
+    cpu_ranks = " --cpu-ranks" if config["resources"]["cpu_ranks"] else ""
+    return f"python -m drdo.launch --rule {name} --processes {{resources.gpu}}{cpu_ranks} --threads {{threads}}"
 
 
 
@@ -201,12 +224,14 @@ def _base_params(model):
 
 BASE_PARAMS = _base_params({k: v for k, v in config["model"].items() if k not in LOADING})
 # The Oracle's own starting model (oracle.base), made by the same stage with the same prompt format.
-ORACLE_BASE_PARAMS = {**BASE_PARAMS, "name_or_path": ORACLE_BASE or config["model"]["name_or_path"]}
+ORACLE_BASE_PARAMS = {**BASE_PARAMS, "name_or_path": ORACLE_BASE or config["model"]["name_or_path"],
+                      "revision": config["oracle"].get("base_revision")}
 
 
 def oracle_params():
     params = train_params("oracle")
-    params.pop("base", None)  # the Oracle's starting model is its --init (and in its lineage)
+    for key in ("base", "base_revision"):  # the Oracle's starting model is its --init (and in its lineage)
+        params.pop(key, None)
     if config["data"]["source"] == "synthetic":  # to report the Bayes-optimal accuracy
         params["synthetic_labels"] = {
             "gold": GOLD,

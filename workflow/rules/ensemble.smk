@@ -19,5 +19,5 @@ rule reward_model:
     conda:
         ENV
     shell:
-        "python -m drdo.launch --processes {resources.gpu} --threads {threads} -- --lineage {params.lineage} --version-mismatch {params.versions} train --objective rm --params {params.cfg:q}"
+        launch("reward_model") + " -- --lineage {params.lineage} --version-mismatch {params.versions} train --objective rm --params {params.cfg:q}"
         " --init {input.sft} --data {input.data} --out {output} --resume {params.resume} > {log} 2>&1"

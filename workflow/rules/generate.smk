@@ -17,5 +17,5 @@ rule generate:
     conda:
         ENV
     shell:
-        "python -m drdo.launch --processes {resources.gpu} --threads {threads} -- --lineage {params.lineage} generate --params {params.cfg:q} --policy {input.policy}"
+        launch("generate") + " -- --lineage {params.lineage} generate --params {params.cfg:q} --policy {input.policy}"
         " --prompts {input.prompts} --out {output} > {log} 2>&1"

@@ -19,7 +19,7 @@ rule oracle:
     conda:
         ENV
     shell:
-        "python -m drdo.launch --processes {resources.gpu} --threads {threads} -- --lineage {params.lineage} --version-mismatch {params.versions} train --objective oracle --params {params.cfg:q}"
+        launch("oracle") + " -- --lineage {params.lineage} --version-mismatch {params.versions} train --objective oracle --params {params.cfg:q}"
         " --init {input.init} --data {input.data} --out {output} --resume {params.resume} > {log} 2>&1"
 
 

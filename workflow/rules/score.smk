@@ -20,7 +20,7 @@ rule score_policy:
     conda:
         ENV
     shell:
-        "python -m drdo.launch --processes {resources.gpu} --threads {threads} -- --lineage {params.lineage} score --params {params.cfg:q}"
+        launch("score_policy") + " -- --lineage {params.lineage} score --params {params.cfg:q}"
         " --generations {input.generations} --prompts {input.prompts} --oracle {input.oracle}"
         " --policy {params.name} --split {params.split} --out {output} > {log} 2>&1"
 
@@ -44,5 +44,5 @@ rule score_reference:
     conda:
         ENV
     shell:
-        "python -m drdo.launch --processes {resources.gpu} --threads {threads} -- --lineage {params.lineage} score --params {params.cfg:q}"
+        launch("score_reference") + " -- --lineage {params.lineage} score --params {params.cfg:q}"
         " --prompts {input.prompts} --oracle {input.oracle} --policy reference --split - --out {output} > {log} 2>&1"

@@ -19,5 +19,5 @@ rule sft:
     conda:
         ENV
     shell:
-        "python -m drdo.launch --processes {resources.gpu} --threads {threads} -- --lineage {params.lineage} --version-mismatch {params.versions} train --objective sft --params {params.cfg:q}"
+        launch("sft") + " -- --lineage {params.lineage} --version-mismatch {params.versions} train --objective sft --params {params.cfg:q}"
         " --init {input.base} --data {input.data} --out {output} --resume {params.resume} > {log} 2>&1"

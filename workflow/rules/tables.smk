@@ -21,7 +21,7 @@ rule oracle_table:
     conda:
         ENV
     shell:
-        "python -m drdo.launch --processes {resources.gpu} --threads {threads} -- --lineage {params.lineage} table --params {params.cfg:q} --pairs {input.pairs}"
+        launch("oracle_table") + " -- --lineage {params.lineage} table --params {params.cfg:q} --pairs {input.pairs}"
         " --model oracle={input.oracle} --value reward --out {output} > {log} 2>&1"
 
 
@@ -45,7 +45,7 @@ rule ensemble_table:
     conda:
         ENV
     shell:
-        "python -m drdo.launch --processes {resources.gpu} --threads {threads} -- --lineage {params.lineage} table --params {params.cfg:q} --pairs {input.pairs}"
+        launch("ensemble_table") + " -- --lineage {params.lineage} table --params {params.cfg:q} --pairs {input.pairs}"
         " {params.models} --value reward --out {output} > {log} 2>&1"
 
 
@@ -86,5 +86,5 @@ rule reference_table:
     conda:
         ENV
     shell:
-        "python -m drdo.launch --processes {resources.gpu} --threads {threads} -- --lineage {params.lineage} table --params {params.cfg:q} --pairs {input.pairs}"
+        launch("reference_table") + " -- --lineage {params.lineage} table --params {params.cfg:q} --pairs {input.pairs}"
         " --model ref_logp={input.sft} --value logp --out {output} > {log} 2>&1"

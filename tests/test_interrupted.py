@@ -141,3 +141,29 @@ def test_allowed_non_finite_steps_are_skipped_and_counted(world, tmp_path):
     skipped = metrics["nonfinite_skipped"]
     assert skipped.iloc[-1] > 0 and skipped.is_monotonic_increasing
     assert all(t.isfinite().all() for t in load_file(out / "model.safetensors").values())
+
+
+# --------------------------------------------------------------------------- library versions
+def test_a_model_made_with_other_library_versions_is_refused_by_the_stage_that_runs_it(world, tmp_path):
+    import shutil
+
+    from drdo import io
+
+    sft = tmp_path / "sft"
+    shutil.copytree(world["sft"], sft)
+    manifest = io.read_provenance(sft)
+    io.write_json({**manifest, "versions": {**manifest["versions"], "torch": "1.0.0"}}, sft / io.MANIFEST)
+    table = ["table", "--params", json.dumps({**ss.INFERENCE, "batch_size": 8}), "--pairs",
+             str(world["splits"] / "all.parquet"), "--model", f"ref_logp={sft}", "--value", "logp",
+             "--out", str(tmp_path / "ref.parquet")]
+    with pytest.raises(ValueError, match=r"torch 1\.0\.0 \(.*sft\), .* \(this job\)"):
+        ss.run(table)
+    assert not (tmp_path / "ref.parquet").exists()
+    generate = ["generate", "--params", json.dumps({
+        "temperatures": [0.7], "top_p": 0.8, "batch_size": 8, "seed": 0, "dtype": "float32", "max_new_tokens": 8,
+        "max_prompt_length": ss.TOKENS["max_prompt_length"], "chat_template": False}),
+        "--policy", str(sft), "--prompts", str(world["prompts"]), "--out", str(tmp_path / "gen.parquet")]
+    with pytest.raises(ValueError, match=r"torch 1\.0\.0"):
+        ss.run(generate)
+    ss.run(["--version-mismatch", "warn", *generate])  # allowed: made, and it says so
+    assert io.read_provenance(tmp_path / "gen.parquet")["version_mismatch"]["torch"]["1.0.0"] == [str(sft)]

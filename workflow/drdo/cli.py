@@ -295,6 +295,8 @@ def cmd_table(a) -> None:
     pairs = _read_pairs(a.pairs)
     table = pairs[["pair_id"]].copy()
     inputs = _pairs_inputs(a.pairs)
+    # one table of values from models made with, and run under, the same library versions
+    io.check_versions([spec.split("=", 1)[1] for spec in a.model], a.version_mismatch, this_job=True)
     for spec in a.model:
         prefix, path = spec.split("=", 1)
         inputs[prefix] = path
@@ -347,6 +349,7 @@ def cmd_generate(a) -> None:
 
     p = a.params
     prompts = io.read_parquet(a.prompts)
+    io.check_versions([a.policy], a.version_mismatch, this_job=True)
     model = for_inference(load_causal_lm(a.policy, p.get("dtype", "float32"), **pretrained_kwargs(p)))
     tokenizer = load_tokenizer(a.policy)
     gen = generate(model, tokenizer, prompts, p["temperatures"], p["top_p"], p["max_new_tokens"],
@@ -366,6 +369,7 @@ def cmd_score(a) -> None:
         gen = io.read_parquet(a.generations).merge(prompts, on=["eval_set", "prompt_id"], validate="many_to_one")
     else:  # the human reference summaries, one per prompt
         gen = prompts.assign(response=prompts["reference"], temperature=np.nan)
+    io.check_versions([a.oracle, *([a.generations] if a.generations else [])], a.version_mismatch, this_job=True)
     oracle = for_inference(LMWithRewardHead.from_pretrained(a.oracle, dtype=a.params.get("dtype", "float32"),
                                                             **pretrained_kwargs(a.params)))
     out = score(oracle, load_tokenizer(a.oracle), gen["prompt"].tolist(), gen["response"].tolist(),

@@ -118,12 +118,15 @@ class CountingProxy:
             def log_message(self, *args):  # quiet
                 pass
 
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+            def do_GET(self):  # /v1/models: what the server says it serves
+                self.do_POST(method="GET")
+
+            def do_POST(self, method="POST"):
+                body = self.rfile.read(int(self.headers.get("content-length", 0))) if method == "POST" else None
                 if self.path.endswith("/chat/completions"):
                     with proxy.lock:
                         proxy.calls += 1
-                req = urllib.request.Request(proxy.upstream + self.path, data=body, method="POST",
+                req = urllib.request.Request(proxy.upstream + self.path, data=body, method=method,
                                              headers={"content-type": "application/json"})
                 try:
                     with urllib.request.urlopen(req, timeout=600) as r:  # a loaded CI machine is slow

@@ -89,3 +89,71 @@ def test_a_second_parse_in_one_process_sees_edited_code_and_schema(tmp_path):
                                                  "pos_int: {type: integer, minimum: 1, maximum: 16}"))
     with pytest.raises(WorkflowError, match=r"^config key [\w.]+: \d+ is greater than the maximum of 16$"):  # 32
         _sft_lineage(repo)
+
+
+def _codedeps_of(pkg):
+    """codedeps loaded from a copy of the package (its PKG is that copy; fresh caches)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"codedeps_copy_{id(pkg)}_{pkg.stat().st_mtime_ns}",
+                                                  pkg / "codedeps.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+STAGES = ("cmd_normalise", "cmd_train", "cmd_generate", "cmd_score", "cmd_winrates", "cmd_judge")
+
+
+def _hashes_after(tmp_path, edit):
+    """Each stage's hash before and after ``edit(cli_source) -> new source`` on a copy of cli.py."""
+    import shutil
+
+    pkg = tmp_path / "drdo"
+    shutil.copytree(codedeps.PKG, pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    before = {s: _codedeps_of(pkg).stage_hash(s) for s in STAGES}
+    cli = pkg / "cli.py"
+    source = cli.read_text()
+    edited = edit(source)
+    assert edited != source
+    cli.write_text(edited)
+    return before, {s: _codedeps_of(pkg).stage_hash(s) for s in STAGES}
+
+
+def test_a_module_level_constant_counts_for_the_stages_that_read_it(tmp_path):
+    before, after = _hashes_after(tmp_path, lambda s: s.replace(
+        'TASK_SOURCES = {"tldr": RAW_SOURCES[:4]', 'TASK_SOURCES = {"tldr": RAW_SOURCES[:3]'))
+    assert after["cmd_normalise"] != before["cmd_normalise"]  # cmd_normalise reads TASK_SOURCES
+    assert {s: after[s] == before[s] for s in STAGES if s != "cmd_normalise"} == {
+        s: True for s in STAGES if s != "cmd_normalise"}
+
+
+def test_a_constant_read_through_another_constant_counts(tmp_path):
+    before, after = _hashes_after(tmp_path, lambda s: s.replace(
+        'RAW_SOURCES = ("comparisons", "sft_train"', 'RAW_SOURCES = ("sft_train", "comparisons"'))
+    assert after["cmd_normalise"] != before["cmd_normalise"]  # TASK_SOURCES is built from RAW_SOURCES
+
+
+def test_a_parser_default_counts_for_every_stage(tmp_path):
+    before, after = _hashes_after(tmp_path, lambda s: s.replace(
+        '("--resume", {"default": None})', '("--resume", {"default": "state"})'))
+    assert all(after[s] != before[s] for s in STAGES)  # every stage runs main() and the parser
+
+
+def test_a_module_level_statement_counts_for_every_stage(tmp_path):
+    before, after = _hashes_after(tmp_path, lambda s: s.replace(
+        'log = logging.getLogger("drdo")\n', 'log = logging.getLogger("drdo")\nnp.seterr(all="raise")\n'))
+    assert all(after[s] != before[s] for s in STAGES)
+
+
+def test_comments_and_the_docstring_of_cli_outside_functions_count_for_no_stage(tmp_path):
+    def edit(s):
+        s = s.replace('"""Entry points of the workflow', '"""Entry points (edited) of the workflow', 1)
+        return s.replace("# --------------------------------------------------------------------------- data",
+                         "# -------------------------------------------------------------------- data (edited)")
+    before, after = _hashes_after(tmp_path, edit)
+    assert after == before
+
+
+def test_type_checking_imports_are_not_followed():
+    assert "trainer.py" not in _names("cmd_generate") and "trainer.py" not in _names("cmd_normalise")

@@ -86,3 +86,73 @@ def test_a_frame_written_again_carries_only_its_new_provenance(tmp_path):
     assert b'"stage": "a"' not in meta[b"pandas"]  # pyarrow stores DataFrame.attrs there otherwise
     assert io.read_parquet(tmp_path / "b.parquet").attrs == {"provenance": {"stage": "b"}}
     assert a.attrs == {"provenance": {"stage": "a"}}
+
+
+def test_a_killed_writes_leftover_is_removed_by_the_next_write(tmp_path):
+    target = tmp_path / "models" / "sft"
+    stray = tmp_path / "models" / ".sft.k1ll3d_x"  # what io.atomic_path leaves when its process is killed
+    (stray / "sft").mkdir(parents=True)
+    (stray / "sft" / "model.safetensors").write_text("half")
+    keep = tmp_path / "models" / ".sft.notes"  # not a name atomic_path makes: left alone
+    keep.mkdir()
+    with io.atomic_path(target) as tmp:
+        tmp.mkdir()
+        (tmp / "model.safetensors").write_text("whole")
+    assert sorted(p.name for p in target.parent.iterdir()) == [".sft.notes", "sft"]
+
+
+def _made_with(path, **versions):
+    scores = pd.DataFrame({"policy": ["drdo"], "split": ["all"], "eval_set": ["tldr"], "prompt_id": ["p"],
+                           "temperature": [0.7], "oracle": [1.0]})
+    recorded = {"torch": "2.5.1", "transformers": "4.46.0", "accelerate": "1.1.0", "deepspeed": None, **versions}
+    io.write_parquet(scores, path, {"lineage": "L", "versions": {k: v for k, v in recorded.items() if v != "-"}})
+    return path
+
+
+def test_inputs_of_different_library_versions_are_refused_by_name(tmp_path):
+    a = _made_with(tmp_path / "a.parquet")
+    b = _made_with(tmp_path / "b.parquet", transformers="4.47.1")
+    assert io.check_versions([a, _made_with(tmp_path / "same.parquet")]) == {}
+    with pytest.raises(ValueError, match=r"transformers 4\.46\.0 \(.*a\.parquet\), 4\.47\.1 \(.*b\.parquet\).*"
+                                         r"version_mismatch: warn"):
+        io.check_lineage({str(a): "L", str(b): "L"})
+    c = _made_with(tmp_path / "c.parquet", deepspeed="0.15.4")  # installed for one, absent for the other
+    with pytest.raises(ValueError, match=r"deepspeed None .* 0\.15\.4"):
+        io.check_versions([a, c])
+    old = _made_with(tmp_path / "old.parquet", accelerate="-")  # an older record without the key: not compared
+    assert io.check_versions([a, old]) == {}
+
+
+def test_this_jobs_own_versions_count_for_a_training_job(tmp_path):
+    from importlib import metadata
+
+    table = _made_with(tmp_path / "table.parquet", torch=metadata.version("torch") + "+other")
+    with pytest.raises(ValueError, match=r"torch .*\(this job\)"):
+        io.check_versions([table], this_job=True)
+    outside = tmp_path / "init"  # a model made outside the workflow records nothing: not compared
+    outside.mkdir()
+    assert io.check_versions([outside], this_job=True) == {}
+
+
+def test_version_mismatch_warn_goes_on_and_is_recorded(tmp_path, caplog):
+    import json
+
+    from drdo.cli import main
+
+    a = _made_with(tmp_path / "drdo.parquet")
+    b = _made_with(tmp_path / "dpo.parquet", torch="2.6.0")
+    pairs = pd.DataFrame({"pair_id": ["x"], "document": ["d"], "chosen": ["c"], "rejected": ["r"]})
+    io.write_parquet(pairs, tmp_path / "pairs.parquet", {})
+    out = tmp_path / "out.parquet"
+    stage = ["gold-table", "--params", json.dumps({"gold": {}}), "--pairs", str(tmp_path / "pairs.parquet"),
+             "--out", str(out)]
+    expect = ["--expect-lineage", json.dumps({str(a): "L", str(b): "L"})]
+    with pytest.raises(ValueError, match="torch 2.5.1"):
+        main(expect + stage)
+    assert not out.exists()
+    with caplog.at_level("WARNING"):
+        main(expect + ["--version-mismatch", "warn"] + stage)
+    assert "different library versions: torch 2.5.1" in caplog.text
+    assert io.read_provenance(out)["version_mismatch"] == {"torch": {"2.5.1": [str(a)], "2.6.0": [str(b)]}}
+    main(stage)  # the next stage run in this process starts clean
+    assert "version_mismatch" not in io.read_provenance(out)

@@ -48,13 +48,20 @@ def longer_wins(request: Request) -> Response:
 
 
 class Server:
-    """Counts requests; answers with ``faults[i]`` for request i, then with ``answer``."""
+    """Counts requests; answers with ``faults[i]`` for request i, then with ``answer``. Its /v1/models
+    lists one model named by its file, as llama.cpp's server does (``weights`` may be swapped)."""
 
     def __init__(self, httpserver, answer=longer_wins, faults=(), delay: float = 0.0, fail_after: int | None = None):
         self.requests, self.auth, self.lock = 0, set(), threading.Lock()
         self.answer, self.faults, self.delay, self.fail_after = answer, list(faults), delay, fail_after
+        self.weights = {"id": "/models/judge-a.Q4_1.gguf", "meta": {"n_params": 134515008, "size": 96576768}}
         httpserver.expect_request("/v1/chat/completions", method="POST").respond_with_handler(self)
+        httpserver.expect_request("/v1/models", method="GET").respond_with_handler(self.models)
         self.base_url = httpserver.url_for("/v1")
+
+    def models(self, request: Request) -> Response:
+        entry = {**self.weights, "object": "model", "created": int(time.time() * 1000), "owned_by": "llamacpp"}
+        return Response(json.dumps({"object": "list", "data": [entry]}), content_type="application/json")
 
     def __call__(self, request: Request) -> Response:
         with self.lock:
@@ -351,6 +358,14 @@ def test_killed_job_rerun_pays_only_for_calls_not_yet_made(httpserver, inputs, t
     assert f"{cached} cached, {n_calls - cached} to make" in log
     keys = js.cache_keys(out)
     assert len(keys) == len(set(keys)) == n_calls
+    # the outputs are those of an uninterrupted run, and nothing half-written is left beside them
+    whole = tmp_path / "whole"
+    rc, log = js.run_stage(inputs, whole, p)
+    assert rc == 0, log
+    pd.testing.assert_frame_equal(io.read_parquet(out / "judge" / "verdicts.parquet"),
+                                  io.read_parquet(whole / "judge" / "verdicts.parquet"))
+    assert (out / "judge_report.csv").read_bytes() == (whole / "judge_report.csv").read_bytes()
+    assert sorted(p.name for p in (out / "judge").iterdir()) == ["verdicts.parquet"]
 
 
 def test_truncated_cache_line_is_skipped_and_that_call_made_again(httpserver, inputs, tmp_path):
@@ -363,6 +378,108 @@ def test_truncated_cache_line_is_skipped_and_that_call_made_again(httpserver, in
     before = srv.requests
     judge(inputs, out, base_url=srv.base_url)
     assert srv.requests - before == 1
+
+
+# --------------------------------------------------------------------------- what answers: the cache key
+def test_new_weights_behind_the_same_name_are_asked_again(httpserver, inputs, tmp_path):
+    srv = Server(httpserver)
+    out = tmp_path / "out"
+    n_calls = js.expected_calls(inputs, js.params(base_url=srv.base_url))
+    judge(inputs, out, base_url=srv.base_url)
+    judge(inputs, out, base_url=srv.base_url)
+    assert srv.requests == n_calls  # same server, same weights: all cached
+    # the same name, other weights loaded behind it (llama.cpp reports the file and its size)
+    srv.weights = {"id": "/models/judge-b.Q8_0.gguf", "meta": {"n_params": 134515008, "size": 144811008}}
+    judge(inputs, out, base_url=srv.base_url)
+    assert srv.requests == 2 * n_calls
+    prov = io.read_provenance(out / "judge" / "verdicts.parquet")
+    assert prov["run"]["server"]["served"]["id"] == "/models/judge-b.Q8_0.gguf"
+    servers = {json.loads(line)["server"] for line in (out / ".judge_cache" / "judge.jsonl").read_text().splitlines()}
+    assert len(servers) == 2 and prov["run"]["model_id"] in servers  # each answer says what gave it
+
+
+def test_another_endpoint_with_the_same_model_is_asked_again(httpserver, inputs, tmp_path):
+    first = Server(httpserver)
+    out = tmp_path / "out"
+    n_calls = js.expected_calls(inputs, js.params(base_url=first.base_url))
+    judge(inputs, out, base_url=first.base_url)
+    other_http = HTTPServer(host="127.0.0.1", port=0, threaded=True)
+    other_http.start()
+    try:
+        other = Server(other_http)  # lists the very same model entry
+        judge(inputs, out, base_url=other.base_url)
+        assert first.requests == other.requests == n_calls
+    finally:
+        other_http.clear()
+        other_http.stop()
+
+
+def test_weights_swapped_during_the_run_are_refused_and_not_kept(httpserver, inputs, tmp_path):
+    srv = Server(httpserver)
+    out = tmp_path / "out"
+    swapped = {"id": "/models/judge-b.Q8_0.gguf", "meta": {"n_params": 360000000, "size": 386404992}}
+
+    def swap_after_three(request):
+        with srv.lock:
+            if srv.requests == 4:
+                srv.weights = swapped
+        return longer_wins(request)
+
+    srv.answer = swap_after_three
+    with pytest.raises(jclient.JudgeError, match="changed what it serves during the run"):
+        judge(inputs, out, base_url=srv.base_url)
+    assert not (out / "judge_report.csv").exists() and not (out / "judge" / "verdicts.parquet").exists()
+    assert js.cache_keys(out) == []  # no answer of that run is reused, from either server
+    before = srv.requests
+    srv.answer = longer_wins
+    judge(inputs, out, base_url=srv.base_url)
+    assert srv.requests - before == js.expected_calls(inputs, js.params(base_url=srv.base_url))
+
+
+def test_endpoint_without_models_listing_is_keyed_by_its_url(httpserver, inputs, tmp_path, caplog):
+    srv = Server(httpserver)
+    httpserver.clear()  # no /v1/models any more: a 404-answering server
+    httpserver.expect_request("/v1/chat/completions", method="POST").respond_with_handler(srv)
+    httpserver.expect_request("/v1/models", method="GET").respond_with_data("not found", status=404)
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING):
+        judge(inputs, out, base_url=srv.base_url)
+    assert "has no /models" in caplog.text
+    n = srv.requests
+    judge(inputs, out, base_url=srv.base_url)
+    assert srv.requests == n
+
+
+class _Overpriced:
+    """A fake client whose calls cost ``factor`` x their estimate (the server counts more tokens than
+    estimated); it tallies the real spend."""
+
+    def __init__(self, prices, factor):
+        self.prices, self.factor, self.spent, self.lock = prices, factor, 0.0, threading.Lock()
+
+    def complete(self, call):
+        time.sleep(0.02)
+        usd = jclient.estimate([call], self.prices)["usd"] * self.factor
+        tokens = round(usd * 1e6 / self.prices["input_per_mtok"])
+        with self.lock:
+            self.spent += jclient.cost_usd(tokens, 0, self.prices)
+        return {"key": call.key, "content": "Preferred: A", "finish_reason": "stop", "prompt_tokens": tokens,
+                "completion_tokens": 0}
+
+
+def test_max_usd_counts_the_calls_in_flight(tmp_path):
+    """judge.max_usd is checked against the spend plus the estimate of every call in flight: the
+    spend passes the limit by no more than the calls' own underestimates (20% here), never by
+    whole calls started while others were in flight."""
+    prices = {"input_per_mtok": 2.5, "output_per_mtok": 0.0}
+    calls = [jclient.Call(f"k{i}", [{"role": "user", "content": "x" * 300}],
+                          {"temperature": 0.0, "max_tokens": 16}) for i in range(20)]
+    one = jclient.estimate(calls[:1], prices)["usd"]
+    max_usd = jclient.estimate(calls, prices)["usd"]  # the job's estimate fits the limit exactly
+    client = _Overpriced(prices, factor=1.2)
+    with pytest.raises(jclient.JudgeError, match="max_usd"):
+        jclient.run_calls(calls, client, jclient.CallCache(tmp_path / "cache.jsonl"), 4, prices, max_usd, None)
+    assert client.spent <= max_usd + 4 * 0.2 * one + 1e-12
 
 
 # --------------------------------------------------------------------------- the API key

@@ -40,12 +40,13 @@ rule study_table:
         cfg=json.dumps(STUDY_PARAMS, sort_keys=True),
         expect=lambda wildcards: json.dumps(_score_lineages(), sort_keys=True),
         code=code("study"),
+        versions=BASE["version_mismatch"],
     log:
         f"{ROOT}/logs/study_table.log",
     conda:
         "../envs/drdo.yaml"
     shell:
-        "python -m drdo.study --expect-lineage {params.expect:q} --runs {params.runs:q} --params {params.cfg:q}"
+        "python -m drdo.study --expect-lineage {params.expect:q} --version-mismatch {params.versions} --runs {params.runs:q} --params {params.cfg:q}"
         " --out {output.table} > {log} 2>&1"
 
 

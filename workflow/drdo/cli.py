@@ -204,8 +204,11 @@ def cmd_train(a) -> None:
     train_ex = to_examples(train_rows)
     if not train_ex:
         raise ValueError(f"{a.data}: no training rows")
-    # a resume state is only valid for the very same inputs (content, not just paths)
-    run_key = {"objective": a.objective, "params": p,
+    # the SFT model (or base) and the tables must come from the library versions this job runs
+    io.check_versions([a.init, *a.tables], a.version_mismatch, this_job=True)
+    # a resume state is only valid for the very same inputs (content, not just paths) and the very
+    # same job: its lineage holds the code it runs (a fixed loss must not continue the old one's steps)
+    run_key = {"objective": a.objective, "params": p, "lineage": io.LINEAGE,
                "inputs": {path: io.file_hash(path) for path in (a.init, a.data, *a.tables)}}
     history = train(model, train_ex, objective, cfg, tokenizer.pad_token_id, a.resume, run_key, acc)
     if not acc.is_main_process:  # rank 0 alone evaluates and writes, after every rank has finished
@@ -292,6 +295,8 @@ def cmd_table(a) -> None:
     pairs = _read_pairs(a.pairs)
     table = pairs[["pair_id"]].copy()
     inputs = _pairs_inputs(a.pairs)
+    # one table of values from models made with, and run under, the same library versions
+    io.check_versions([spec.split("=", 1)[1] for spec in a.model], a.version_mismatch, this_job=True)
     for spec in a.model:
         prefix, path = spec.split("=", 1)
         inputs[prefix] = path
@@ -344,6 +349,7 @@ def cmd_generate(a) -> None:
 
     p = a.params
     prompts = io.read_parquet(a.prompts)
+    io.check_versions([a.policy], a.version_mismatch, this_job=True)
     model = for_inference(load_causal_lm(a.policy, p.get("dtype", "float32"), **pretrained_kwargs(p)))
     tokenizer = load_tokenizer(a.policy)
     gen = generate(model, tokenizer, prompts, p["temperatures"], p["top_p"], p["max_new_tokens"],
@@ -363,6 +369,7 @@ def cmd_score(a) -> None:
         gen = io.read_parquet(a.generations).merge(prompts, on=["eval_set", "prompt_id"], validate="many_to_one")
     else:  # the human reference summaries, one per prompt
         gen = prompts.assign(response=prompts["reference"], temperature=np.nan)
+    io.check_versions([a.oracle, *([a.generations] if a.generations else [])], a.version_mismatch, this_job=True)
     oracle = for_inference(LMWithRewardHead.from_pretrained(a.oracle, dtype=a.params.get("dtype", "float32"),
                                                             **pretrained_kwargs(a.params)))
     out = score(oracle, load_tokenizer(a.oracle), gen["prompt"].tolist(), gen["response"].tolist(),
@@ -436,6 +443,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--lineage", default=None, help="hash of the config and code upstream of the outputs")
     ap.add_argument("--expect-lineage", type=json.loads, default=None,
                     help="JSON {input: lineage}: refuse inputs made under another config or code")
+    ap.add_argument("--version-mismatch", choices=["error", "warn"], default="error",
+                    help="inputs made with other torch/transformers/accelerate/deepspeed versions: "
+                         "an error, or a warning recorded in the provenance (config key version_mismatch)")
     sub = ap.add_subparsers(dest="stage", required=True, metavar="STAGE")
 
     def stage(name, fn, help, *args):
@@ -516,8 +526,8 @@ def main(argv: list[str] | None = None, fresh_process: bool = False) -> int:
         import torch
 
         torch.set_num_threads(a.threads)
-    io.LINEAGE = a.lineage
+    io.LINEAGE, io.VERSION_MISMATCH = a.lineage, None
     if a.expect_lineage:
-        io.check_lineage(a.expect_lineage)
+        io.check_lineage(a.expect_lineage, a.version_mismatch)
     a.fn(a)
     return 0

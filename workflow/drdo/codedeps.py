@@ -2,10 +2,14 @@
 (and only when) its code changes.
 
 A stage is a ``cmd_*`` function of ``cli.py`` (or a module run with ``python -m drdo.X``). Its
-code is the source of that function and of the ``cli.py`` helpers it calls, plus every module
-of the package it reaches by import, transitively, plus the entry points (``__main__``,
-``launch``). So editing ``losses.py`` changes the hash of ``train`` but not of ``generate``,
-editing ``cmd_generate`` changes only ``generate``, and editing the README changes nothing.
+code is the source of that function and of the ``cli.py`` helpers it calls, the module-level
+code of ``cli.py`` they read (constants such as ``TASK_SOURCES``), what every stage runs in
+``cli.py`` (``main``, the argument parser with its defaults, any module-level statement other
+than a definition), plus every module of the package it reaches by import, transitively, plus
+the entry points (``__main__``, ``launch``). So editing ``losses.py`` changes the hash of
+``train`` but not of ``generate``, editing ``cmd_generate`` changes only ``generate``, a parser
+default changes every stage, and editing the README (or a comment or the docstring of cli.py
+outside any function) changes nothing.
 
 Standard library only: the Snakefile loads this file directly (it hashes the tree it sits in).
 """
@@ -71,24 +75,44 @@ def _closure(modules: set[Path]) -> set[Path]:
     return seen
 
 
+ENTRY_FUNCTIONS = ("main",)  # cli.py code every stage runs: it parses the arguments and calls the stage
+
+
 @lru_cache(maxsize=None)
-def _cli() -> tuple[dict[str, str], dict[str, ast.FunctionDef], dict[str, Path]]:
-    """cli.py parsed once: each top-level function's source and node, and the module file each
-    name bound by a relative import comes from."""
+def _cli() -> tuple[dict[int, str], dict[str, list[ast.stmt]], list[ast.stmt], dict[str, Path]]:
+    """cli.py parsed once: the source of each top-level statement (by node id); the top-level
+    definitions and assignments binding each name; the other statements (run on import, so by every
+    stage; imports and the module docstring aside); the module file each name bound by a relative
+    import comes from."""
     cli = PKG / "cli.py"
     source = cli.read_text()
     tree = ast.parse(source)
     lines = _source_lines(source)
-    functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    defs: dict[str, list[ast.stmt]] = {}
+    always: list[ast.stmt] = []
     imported = {}  # name bound by an import in cli.py -> the module file it comes from
-    for node in tree.body:
-        if isinstance(node, ast.ImportFrom) and node.level:
+    for i, node in enumerate(tree.body):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            defs.setdefault(node.name, []).append(node)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                for name in ast.walk(target):
+                    if isinstance(name, ast.Name):
+                        defs.setdefault(name.id, []).append(node)
+        elif isinstance(node, ast.ImportFrom) and node.level:
             base = _resolve(cli, node.level, node.module)
             for alias in node.names:
                 f = _as_file(base / alias.name) or _as_file(base)
                 if f:
                     imported[alias.asname or alias.name] = f
-    return {name: _segment(lines, fn) for name, fn in functions.items()}, functions, imported
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            continue  # a third-party library: its version is recorded and checked, not hashed
+        elif isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            continue  # imports for type annotations only: never run
+        elif not (i == 0 and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)):
+            always.append(node)
+    segments = {id(n): _segment(lines, n) for n in tree.body}
+    return segments, defs, always, imported
 
 
 def _source_lines(source: str) -> list[str]:
@@ -110,28 +134,37 @@ def _segment(lines: list[str], node: ast.AST) -> str:
 
 @lru_cache(maxsize=None)
 def _cli_parts(command: str) -> tuple[tuple[str, ...], frozenset[Path]]:
-    """Sources of ``command`` and the cli.py functions it calls; the modules their names refer to."""
+    """Sources of ``command``, of the cli.py functions and module-level values it reads, and of
+    what every stage runs in cli.py; the modules their names refer to. Another stage's ``cmd_*``
+    is only named (by the parser), never run: not followed."""
     cli = PKG / "cli.py"
-    segments, functions, imported = _cli()
-    if command not in functions:
+    segments, defs, always, imported = _cli()
+    if not any(isinstance(n, ast.FunctionDef) for n in defs.get(command, [])):
         raise KeyError(f"cli.py has no function {command!r}")
-    sources, modules, todo, seen = [], set(), [command], set()
+    sources, modules, done = [], set(), set()
+    todo = [*always, *(n for name in (command, *ENTRY_FUNCTIONS) for n in defs.get(name, []))]
     while todo:
-        name = todo.pop()
-        if name in seen:
+        node = todo.pop()
+        if id(node) in done:
             continue
-        seen.add(name)
-        sources.append(segments[name])
-        for node in ast.walk(functions[name]):
-            if isinstance(node, ast.ImportFrom) and node.level:  # a lazy import inside the function
-                base = _resolve(cli, node.level, node.module)
-                modules.update(f for alias in node.names if (f := _as_file(base / alias.name) or _as_file(base)))
-        for name_id in _free_names(functions[name]):
-            if name_id in functions:
-                todo.append(name_id)
+        done.add(id(node))
+        sources.append(segments[id(node)])
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.ImportFrom) and sub.level:  # a lazy import inside the function
+                base = _resolve(cli, sub.level, sub.module)
+                modules.update(f for alias in sub.names if (f := _as_file(base / alias.name) or _as_file(base)))
+        names = _free_names(node) if isinstance(node, ast.FunctionDef) else _read_names(node)
+        for name_id in names:
+            if name_id in defs and not (name_id.startswith("cmd_") and name_id != command):
+                todo.extend(defs[name_id])
             elif name_id in imported:
                 modules.add(imported[name_id])
     return tuple(sorted(sources)), frozenset(modules)
+
+
+def _read_names(node: ast.AST) -> set[str]:
+    """Names a module-level statement (an assignment, a class, an ``if`` block) reads."""
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
 
 
 def _free_names(fn: ast.FunctionDef) -> set[str]:

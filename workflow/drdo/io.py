@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -27,6 +29,11 @@ import pyarrow.parquet as pq
 PROVENANCE_KEY = b"drdo.provenance"
 MANIFEST = "manifest.json"
 _PACKAGES = ("drdo-workflow", "torch", "transformers", "tokenizers", "pyarrow", "rapidfuzz", "snakemake")
+# Libraries whose version changes numbers (kernels, model code, mixed precision, sharding): artifacts
+# combined into one table or one training run must agree on them (check_versions). Recorded as null
+# where not installed, so "absent" is a version too; a record without the key (older artifacts) is
+# not compared.
+CHECKED_PACKAGES = ("torch", "transformers", "accelerate", "deepspeed")
 
 
 def config_hash(cfg: Any) -> str:
@@ -58,15 +65,20 @@ def _git_commit() -> str | None:
         return None
 
 
-def _versions() -> dict[str, str]:
+def _versions() -> dict[str, str | None]:
     versions = {}
-    for name in _PACKAGES:
-        with contextlib.suppress(metadata.PackageNotFoundError):
+    for name in _PACKAGES + CHECKED_PACKAGES:
+        try:
             versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            if name in CHECKED_PACKAGES:
+                versions[name] = None
     return versions
 
 
 LINEAGE: str | None = None  # set by the CLI (--lineage): the workflow's hash of everything upstream
+# set by check_versions when the inputs were made with different library versions (and allowed)
+VERSION_MISMATCH: dict | None = None
 
 
 def provenance(stage: str, cfg: Any, inputs: dict[str, str | os.PathLike] | None = None) -> dict:
@@ -79,6 +91,7 @@ def provenance(stage: str, cfg: Any, inputs: dict[str, str | os.PathLike] | None
         "inputs": {k: {"path": str(v), "sha256": file_hash(v)} for k, v in (inputs or {}).items()},
         "versions": _versions(),
         "git_commit": _git_commit(),
+        **({"version_mismatch": VERSION_MISMATCH} if VERSION_MISMATCH else {}),
     }
 
 
@@ -86,15 +99,19 @@ def provenance(stage: str, cfg: Any, inputs: dict[str, str | os.PathLike] | None
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling path; move it onto ``path`` only if the block succeeds.
 
-    Works for files and directories alike.
+    Works for files and directories alike. A process killed midway leaves only a hidden sibling
+    folder ``.<name>.<random>``, which no stage reads and the next write of ``path`` removes.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stray in path.parent.glob(f".{path.name}.*"):  # what a write of this path killed before left
+        if re.fullmatch(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}", stray.name) and stray.is_dir():
+            shutil.rmtree(stray, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / path.name
     try:
         yield tmp
-        if path.is_dir():
-            shutil.rmtree(path)
+        if path.is_dir():  # moved aside whole first: a kill never leaves a half-deleted folder at ``path``
+            os.replace(path, tmp.parent / ".replaced")
         os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)
@@ -172,11 +189,49 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict | None, str]
             yield lineno, row, line
 
 
-def check_lineage(expected: dict[str, str]) -> None:
+def check_lineage(expected: dict[str, str], version_mismatch: str = "error") -> None:
     """Refuse to combine inputs whose recorded lineage is not the one the current config and
-    code give (e.g. a file left over from before a config change whose upstream job failed)."""
+    code give (e.g. a file left over from before a config change whose upstream job failed), or
+    (``version_mismatch: error``) that were made with different library versions."""
     for path, want in expected.items():
         got = read_provenance(path).get("lineage")
         if got != want:
             raise ValueError(f"{path} was made under lineage {got}, but the current config and code give {want}: "
                              "it is stale (made before a change upstream). Delete it and re-run snakemake.")
+    check_versions(list(expected), version_mismatch)
+
+
+def check_versions(paths: list[str | os.PathLike], version_mismatch: str = "error", this_job: bool = False) -> dict:
+    """The CHECKED_PACKAGES versions the artifacts at ``paths`` (and, with ``this_job``, this process)
+    were made with. Where they differ: an error naming them (``version_mismatch: error``, the config
+    key), or a warning and a ``version_mismatch`` entry in this job's provenance (``warn``).
+    Returns {package: {version: [who]}} for the packages that differ."""
+    global VERSION_MISMATCH
+    seen: dict[str, dict[str, list[str]]] = {name: {} for name in CHECKED_PACKAGES}
+    records = [(str(p), _recorded_versions(p)) for p in paths]
+    if this_job:
+        records.append(("this job", _versions()))
+    for who, versions in records:
+        for name in CHECKED_PACKAGES:
+            if name in versions:  # not recorded (an older artifact): not compared
+                seen[name].setdefault(str(versions[name]), []).append(who)
+    mismatch = {name: by_version for name, by_version in seen.items() if len(by_version) > 1}
+    if not mismatch:
+        return {}
+    what = "; ".join(f"{name} " + ", ".join(f"{v} ({', '.join(who)})" for v, who in by_version.items())
+                     for name, by_version in mismatch.items())
+    message = f"inputs made with different library versions: {what}"
+    if version_mismatch == "error":
+        raise ValueError(f"{message}. Rebuild the older artifacts with the current environment, or set config "
+                         "key version_mismatch: warn to combine them anyway (recorded in the provenance).")
+    logging.getLogger("drdo").warning("%s (config key version_mismatch: warn; recorded in the provenance)", message)
+    VERSION_MISMATCH = {**(VERSION_MISMATCH or {}), **mismatch}
+    return mismatch
+
+
+def _recorded_versions(path: str | os.PathLike) -> dict:
+    """The versions an artifact records; none for a file made outside the workflow (no provenance)."""
+    try:
+        return read_provenance(path).get("versions", {})
+    except (FileNotFoundError, KeyError):
+        return {}

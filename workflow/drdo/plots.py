@@ -176,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     ap = argparse.ArgumentParser(prog="drdo.plots", description=__doc__.split("\n")[0])
     ap.add_argument("--expect-lineage", type=json.loads, default=None)
+    ap.add_argument("--version-mismatch", choices=["error", "warn"], default="error")
     sub = ap.add_subparsers(dest="kind", required=True)
     sp = sub.add_parser("curves")
     sp.add_argument("--models", nargs="+", required=True)
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     if a.expect_lineage:
-        io.check_lineage(a.expect_lineage)
+        io.check_lineage(a.expect_lineage, a.version_mismatch)
     if a.kind == "curves":
         fig, inputs = curves(a.models, a.title), {Path(m).name: Path(m) / "metrics.parquet" for m in a.models}
     elif a.kind == "forest":
@@ -202,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         fig, inputs = lengths(a.generations), {Path(f).stem: f for f in a.generations}
     else:
         fig, inputs = study(pd.read_csv(a.table, dtype={"level": str}), a.scorer, a.temperature), {"table": a.table}
-    params = {k: v for k, v in vars(a).items() if k not in ("out", "expect_lineage", "models", "generations")}
+    params = {k: v for k, v in vars(a).items() if k not in ("out", "expect_lineage", "version_mismatch", "models", "generations")}
     save(fig, a.out, io.provenance(f"plots.{a.kind}", params, inputs))
     log.info("wrote %s", a.out)
     return 0

@@ -181,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=json.loads, required=True, help="JSON list of runs (variant, levels, seeds, scores)")
     ap.add_argument("--params", type=json.loads, required=True)
     ap.add_argument("--expect-lineage", type=json.loads, default=None)
+    ap.add_argument("--version-mismatch", choices=["error", "warn"], default="error")
     ap.add_argument("--outcomes", default=None,
                     help="recompute from this study_outcomes.parquet instead of reading the score files")
     ap.add_argument("--out", required=True,
@@ -188,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
                          "outcomes (study_outcomes.parquet) go beside it")
     a = ap.parse_args(argv)
     if a.expect_lineage:
-        io.check_lineage(a.expect_lineage)
+        io.check_lineage(a.expect_lineage, a.version_mismatch)
     out = Path(a.out)
     if a.outcomes:
         allp, inputs = io.read_parquet(a.outcomes), {"outcomes": a.outcomes}

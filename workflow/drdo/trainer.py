@@ -87,6 +87,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     pack_tokens: int = 0  # row budget of a packed micro-batch in tokens; 0: packing.AUTO_ROW_CAP rule
     deepspeed: str | dict | None = None  # DeepSpeed config (JSON path or its content); None = DDP
+    max_nonfinite_steps: int = 0  # optimizer steps with a non-finite loss or gradient skipped, at most
 
     @classmethod
     def from_params(cls, p: dict) -> "TrainConfig":
@@ -247,6 +248,19 @@ def _load_resume(acc: Accelerator, path: Path | None, key: str) -> dict | None:
     return None
 
 
+class NonFiniteError(FloatingPointError):
+    """A non-finite loss or gradient: the job stops (train.max_nonfinite_steps allows skipping some)."""
+
+
+def _nonfinite(acc: Accelerator, bad_loss: torch.Tensor, grad_norm) -> bool:
+    """Whether this optimizer step saw a non-finite loss (on any rank) or gradient norm; every rank
+    gets the same answer (the gradient norm is global already, the loss flags are summed)."""
+    flags = bad_loss.reshape(1)
+    if grad_norm is not None:
+        flags = flags + (~torch.isfinite(torch.as_tensor(grad_norm, device=flags.device))).to(flags.dtype).reshape(1)
+    return bool(acc.reduce(flags, "sum").item() > 0)
+
+
 def _remove_resume(path: Path) -> None:
     for p in (path, _sibling(path, ".tmp"), _sibling(path, ".old")):
         shutil.rmtree(p, ignore_errors=True)
@@ -279,6 +293,7 @@ def train(model, examples: list[Example], objective: Objective, cfg: TrainConfig
     resume_path = Path(resume_path) if resume_path else None
     meta = _load_resume(acc, resume_path, key)
     start, history = (meta["step"], meta["history"]) if meta else (0, [])
+    skipped = history[-1].get("nonfinite_skipped", 0) if history else 0
     if meta:
         log.info("resuming at step %d/%d", start, steps)
 
@@ -291,6 +306,7 @@ def train(model, examples: list[Example], objective: Objective, cfg: TrainConfig
     for step in range(start, steps):
         sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=acc.device))
         grad_norm = None
+        bad_loss = torch.zeros((), device=acc.device)  # micro-steps of this step with a non-finite loss
         for m in range(cfg.grad_accum):
             lo = (step * cfg.grad_accum + m) * cfg.batch_size + rank * micro  # this rank's shard
             shard = [examples[i] for i in order[lo:lo + micro]]
@@ -301,10 +317,17 @@ def train(model, examples: list[Example], objective: Objective, cfg: TrainConfig
             with acc.accumulate(wrapped):
                 out = forward(wrapped, batch, objective)
                 loss, terms = objective.loss(out, batch["values"])
+                bad_loss += (~torch.isfinite(loss.detach())).to(bad_loss.dtype)
                 acc.backward(loss)
+                skip = False
                 if acc.sync_gradients:
                     grad_norm = acc.clip_grad_norm_(wrapped.parameters(), cfg.max_grad_norm)
-                opt.step()
+                    if _nonfinite(acc, bad_loss, grad_norm):
+                        skipped += 1
+                        _refuse_nonfinite(cfg, step, steps, skipped, acc)
+                        skip = True
+                if not skip:  # a skipped step leaves weights and AdamW moments as they were
+                    opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
             for k, v in {"loss": loss, **terms}.items():
@@ -317,7 +340,7 @@ def train(model, examples: list[Example], objective: Objective, cfg: TrainConfig
         means = acc.reduce(torch.stack([sums[k] for k in names]), "mean").tolist()  # over ranks
         history.append({"step": step + 1, "lr": sched.get_last_lr()[0],
                         "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
-                        **dict(zip(names, means))})
+                        **dict(zip(names, means)), "nonfinite_skipped": skipped})
         tokens = sum(len(s.input_ids) for i in order[step * per_step:(step + 1) * per_step] for s in examples[i].seqs)
         progress.update(1, " ".join(f"{k}={v:.4g}" for k, v in history[-1].items() if k != "step"), tokens=tokens)
         if resume_path and cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < steps:
@@ -329,6 +352,21 @@ def train(model, examples: list[Example], objective: Objective, cfg: TrainConfig
         _checkpointing(model, False)
     model.eval()
     return history
+
+
+def _refuse_nonfinite(cfg: TrainConfig, step: int, steps: int, skipped: int, acc: Accelerator) -> None:
+    """Stop the job at a non-finite step, unless train.max_nonfinite_steps still allows skipping it."""
+    where = f"non-finite loss or gradient at optimizer step {step + 1} of {steps}"
+    if skipped > cfg.max_nonfinite_steps:
+        raise NonFiniteError(f"{where} ({skipped} such step(s), config key train.max_nonfinite_steps="
+                             f"{cfg.max_nonfinite_steps} allows {cfg.max_nonfinite_steps}): lower the learning rate "
+                             "or check the input tables for infinite values; no model was written")
+    if acc.distributed_type.value == "DEEPSPEED":
+        raise NonFiniteError(f"{where}: DeepSpeed has already applied it (its optimizer steps inside backward), "
+                             "so it cannot be skipped (train.max_nonfinite_steps applies to DDP and single-process "
+                             "runs only)")
+    log.warning("%s: skipped (%d of at most %d, train.max_nonfinite_steps)", where, skipped,
+                cfg.max_nonfinite_steps)
 
 
 @torch.no_grad()

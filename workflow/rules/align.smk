@@ -8,6 +8,7 @@ rule align:
     params:
         cfg=lambda wildcards: align_params(wildcards.method),
         objective=lambda wildcards: method_base(wildcards.method),
+        versions=VERSION_MISMATCH,
         lineage=lambda wildcards: lineage_policy(f"{wildcards.method}-{wildcards.split}"),
         resume=lambda wildcards: f"{RESUME}/{wildcards.method}-{wildcards.split}",
     threads: config["threads"]["default"]
@@ -20,6 +21,6 @@ rule align:
     conda:
         ENV
     shell:
-        launch("align") + " -- --lineage {params.lineage} train --objective {params.objective} --params {params.cfg:q}"
+        launch("align") + " -- --lineage {params.lineage} --version-mismatch {params.versions} train --objective {params.objective} --params {params.cfg:q}"
         " --init {input.sft} --data {input.data} --tables {input.tables} --out {output}"
         " --resume {params.resume} > {log} 2>&1"

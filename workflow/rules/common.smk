@@ -151,8 +151,19 @@ def train_params(*sections):
 
 
 # ---------------------------------------------------------------- compute per job
-RESUME = (config.get("resume_dir") or f"{OUT}/.resume").rstrip("/")
-RESUME_UP = (config.get("resume_dir") or f"{UP}/.resume").rstrip("/")
+def _resume_root(folder):
+    """Resume states of the jobs writing into ``folder``: <folder>/.resume, or under resume_dir a
+    sub-folder named after ``folder``, so the runs and worlds of a study never share one."""
+    if not config.get("resume_dir"):
+        return f"{folder}/.resume"
+    parts = ["_up_" if part == ".." else part for part in Path(os.path.normpath(folder)).parts]
+    return os.path.join(config["resume_dir"].rstrip(os.sep), *parts)
+
+
+RESUME = _resume_root(OUT)
+RESUME_UP = _resume_root(UP)
+# inputs made with other torch / transformers / accelerate / deepspeed versions: error | warn
+VERSION_MISMATCH = config["version_mismatch"]
 
 
 def res(name, key):
@@ -327,12 +338,10 @@ TABLE_PAIRS = expand(f"{UP}/data/splits/{{split}}.parquet", split=["all", "hc_he
 
 
 # ---------------------------------------------------------------- lineage of each artifact
-def _file_stamp(path):
-    try:
-        st = os.stat(path)
-        return [path, st.st_size, st.st_mtime_ns]
-    except OSError:
-        return [path, None]
+def local_model(name):
+    """A model named by a local directory: its content (Hugging Face loads a directory by that
+    name first); a hub id or `tiny`: None (the name is in the params)."""
+    return content(name) if name != "tiny" and os.path.isdir(name) else None
 
 
 def lineage_raw():
@@ -340,7 +349,7 @@ def lineage_raw():
         return digest("raw", config["synthetic"], code("synthetic"))
     if config["data"]["source"] == "hub":  # ids and pinned revisions are in NORMALISE_PARAMS
         return digest("raw", "hub")
-    return digest("raw", [_file_stamp(raw_file(k)) for k in sorted(RAW_SOURCES)])
+    return digest("raw", [content(raw_file(k)) for k in sorted(RAW_SOURCES)])
 
 
 def lineage_data():  # pairs, SFT rows and eval prompts (one normalise job)
@@ -348,13 +357,14 @@ def lineage_data():  # pairs, SFT rows and eval prompts (one normalise job)
 
 
 def lineage_base():
-    if BASE_GGUF:  # converted from the file alone; a new or edited file re-converts (stamped as data.files are)
-        return digest("base", BASE_PARAMS, code("cmd_base_gguf"), _file_stamp(BASE_GGUF))
-    return digest("base", lineage_data(), BASE_PARAMS, code("cmd_base"))
+    if BASE_GGUF:  # converted from the file alone; a new or edited file re-converts (by content, as data.files)
+        return digest("base", BASE_PARAMS, code("cmd_base_gguf"), content(BASE_GGUF))
+    return digest("base", lineage_data(), BASE_PARAMS, code("cmd_base"), local_model(BASE_PARAMS["name_or_path"]))
 
 
 def lineage_oracle_base():
-    return digest("oracle_base", lineage_data(), ORACLE_BASE_PARAMS, code("cmd_base"))
+    return digest("oracle_base", lineage_data(), ORACLE_BASE_PARAMS, code("cmd_base"),
+                  local_model(ORACLE_BASE_PARAMS["name_or_path"]))
 
 
 def lineage_split():

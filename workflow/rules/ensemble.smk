@@ -6,6 +6,7 @@ rule reward_model:
         directory(f"{UP}/models/rm{{member}}"),
     params:
         cfg=lambda wildcards: member_params(wildcards.member),
+        versions=VERSION_MISMATCH,
         lineage=lambda wildcards: lineage_rm(wildcards.member),
         resume=lambda wildcards: f"{RESUME_UP}/rm{wildcards.member}",
     threads: config["threads"]["default"]
@@ -18,5 +19,5 @@ rule reward_model:
     conda:
         ENV
     shell:
-        launch("reward_model") + " -- --lineage {params.lineage} train --objective rm --params {params.cfg:q}"
+        launch("reward_model") + " -- --lineage {params.lineage} --version-mismatch {params.versions} train --objective rm --params {params.cfg:q}"
         " --init {input.sft} --data {input.data} --out {output} --resume {params.resume} > {log} 2>&1"

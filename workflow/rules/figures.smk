@@ -14,6 +14,7 @@ rule training_curves:
         ),
     params:
         expect=expected_lineage,
+        versions=VERSION_MISMATCH,
         code=code("plots"),
     wildcard_constraints:
         group="world|all|hc_he|lc_le",
@@ -22,7 +23,7 @@ rule training_curves:
     log:
         f"{OUT}/logs/figures/curves_{{group}}.log",
     shell:
-        "python -m drdo.plots --expect-lineage {params.expect:q} curves --models {input.models}"
+        "python -m drdo.plots --expect-lineage {params.expect:q} --version-mismatch {params.versions} curves --models {input.models}"
         " --title 'training curves: {wildcards.group}' --out {output} > {log} 2>&1"
 
 
@@ -60,13 +61,14 @@ rule length_distribution:
         ),
     params:
         expect=expected_lineage,
+        versions=VERSION_MISMATCH,
         code=code("plots"),
     conda:
         ENV
     log:
         f"{OUT}/logs/figures/lengths.log",
     shell:
-        "python -m drdo.plots --expect-lineage {params.expect:q} lengths --generations {input.generations}"
+        "python -m drdo.plots --expect-lineage {params.expect:q} --version-mismatch {params.versions} lengths --generations {input.generations}"
         " --out {output} > {log} 2>&1"
 
 

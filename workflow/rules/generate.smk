@@ -6,6 +6,7 @@ rule generate:
         f"{OUT}/generations/{{policy}}.parquet",
     params:
         cfg=GENERATE_PARAMS,
+        versions=VERSION_MISMATCH,
         lineage=lambda wildcards: lineage_generations(wildcards.policy),
     threads: config["threads"]["default"]
     resources:
@@ -17,5 +18,5 @@ rule generate:
     conda:
         ENV
     shell:
-        launch("generate") + " -- --lineage {params.lineage} generate --params {params.cfg:q} --policy {input.policy}"
+        launch("generate") + " -- --lineage {params.lineage} --version-mismatch {params.versions} generate --params {params.cfg:q} --policy {input.policy}"
         " --prompts {input.prompts} --out {output} > {log} 2>&1"

@@ -18,6 +18,7 @@ if JUDGE_ON:
         params:
             cfg=judge_params(),
             lineage=lineage_judge(),
+            versions=VERSION_MISMATCH,
             expect=lambda wildcards, input: as_json({f: lineage_of(f) for f in input.scores}),
             # the call cache lives outside the outputs: a failed or killed job keeps it
             cache=f"{OUT}/.judge_cache/judge.jsonl",
@@ -28,7 +29,7 @@ if JUDGE_ON:
         conda:
             ENV
         shell:
-            "python -m drdo --lineage {params.lineage} --expect-lineage {params.expect:q} judge --params {params.cfg:q} --scores {input.scores} --prompts {input.prompts}"
+            "python -m drdo --lineage {params.lineage} --expect-lineage {params.expect:q} --version-mismatch {params.versions} judge --params {params.cfg:q} --scores {input.scores} --prompts {input.prompts}"
             " --templates {params.templates} --cache {params.cache} --out-verdicts {output.verdicts}"
             " --out-report {output.report} > {log} 2>&1"
             # the job's warnings (e.g. mostly unusable verdicts) also on the run's own output

@@ -6,6 +6,7 @@ rule oracle:
         directory(f"{UP}/models/oracle"),
     params:
         cfg=oracle_params(),
+        versions=VERSION_MISMATCH,
         lineage=lineage_oracle(),
         resume=f"{RESUME_UP}/oracle",
     threads: config["threads"]["default"]
@@ -18,7 +19,7 @@ rule oracle:
     conda:
         ENV
     shell:
-        launch("oracle") + " -- --lineage {params.lineage} train --objective oracle --params {params.cfg:q}"
+        launch("oracle") + " -- --lineage {params.lineage} --version-mismatch {params.versions} train --objective oracle --params {params.cfg:q}"
         " --init {input.init} --data {input.data} --out {output} --resume {params.resume} > {log} 2>&1"
 
 

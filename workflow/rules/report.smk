@@ -9,11 +9,12 @@ rule validation_report:
         provenance=f"{OUT}/validation.provenance.json",
     params:
         expect=expected_lineage,
+        versions=VERSION_MISMATCH,
         code=code("cmd_report"),
     log:
         f"{OUT}/logs/validation_report.log",
     conda:
         ENV
     shell:
-        "python -m drdo --expect-lineage {params.expect:q} report --models {input.models} --out {output.table}"
+        "python -m drdo --expect-lineage {params.expect:q} --version-mismatch {params.versions} report --models {input.models} --out {output.table}"
         " > {log} 2>&1"

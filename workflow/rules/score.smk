@@ -7,6 +7,7 @@ rule score_policy:
         f"{OUT}/scores/{{policy}}.parquet",
     params:
         cfg=SCORE_PARAMS,
+        versions=VERSION_MISMATCH,
         lineage=lambda wildcards: lineage_scores(wildcards.policy),
         name=policy_method,
         split=policy_split,
@@ -20,7 +21,7 @@ rule score_policy:
     conda:
         ENV
     shell:
-        launch("score_policy") + " -- --lineage {params.lineage} score --params {params.cfg:q}"
+        launch("score_policy") + " -- --lineage {params.lineage} --version-mismatch {params.versions} score --params {params.cfg:q}"
         " --generations {input.generations} --prompts {input.prompts} --oracle {input.oracle}"
         " --policy {params.name} --split {params.split} --out {output} > {log} 2>&1"
 
@@ -33,6 +34,7 @@ rule score_reference:
         f"{UP}/scores/reference.parquet",
     params:
         cfg=SCORE_PARAMS,
+        versions=VERSION_MISMATCH,
         lineage=lineage_scores("reference"),
     threads: config["threads"]["default"]
     resources:
@@ -44,5 +46,5 @@ rule score_reference:
     conda:
         ENV
     shell:
-        launch("score_reference") + " -- --lineage {params.lineage} score --params {params.cfg:q}"
+        launch("score_reference") + " -- --lineage {params.lineage} --version-mismatch {params.versions} score --params {params.cfg:q}"
         " --prompts {input.prompts} --oracle {input.oracle} --policy reference --split - --out {output} > {log} 2>&1"

@@ -6,6 +6,7 @@ rule sft:
         directory(f"{UP}/models/sft"),
     params:
         cfg=as_json(train_params("sft")),
+        versions=VERSION_MISMATCH,
         lineage=lineage_sft(),
         resume=f"{RESUME_UP}/sft",
     threads: config["threads"]["sft"]
@@ -18,5 +19,5 @@ rule sft:
     conda:
         ENV
     shell:
-        launch("sft") + " -- --lineage {params.lineage} train --objective sft --params {params.cfg:q}"
+        launch("sft") + " -- --lineage {params.lineage} --version-mismatch {params.versions} train --objective sft --params {params.cfg:q}"
         " --init {input.base} --data {input.data} --out {output} --resume {params.resume} > {log} 2>&1"

@@ -10,6 +10,7 @@ rule oracle_table:
         f"{UP}/tables/oracle_rewards.parquet",
     params:
         cfg=TABLE_PARAMS,
+        versions=VERSION_MISMATCH,
         lineage=lineage_table("oracle_rewards"),
     threads: config["threads"]["default"]
     resources:
@@ -21,7 +22,7 @@ rule oracle_table:
     conda:
         ENV
     shell:
-        launch("oracle_table") + " -- --lineage {params.lineage} table --params {params.cfg:q} --pairs {input.pairs}"
+        launch("oracle_table") + " -- --lineage {params.lineage} --version-mismatch {params.versions} table --params {params.cfg:q} --pairs {input.pairs}"
         " --model oracle={input.oracle} --value reward --out {output} > {log} 2>&1"
 
 
@@ -33,6 +34,7 @@ rule ensemble_table:
         f"{UP}/tables/ensemble_rewards.parquet",
     params:
         cfg=TABLE_PARAMS,
+        versions=VERSION_MISMATCH,
         lineage=lineage_table("ensemble_rewards"),
         models=lambda wildcards, input: " ".join(f"--model rm{i}={m}" for i, m in enumerate(input.members)),
     threads: config["threads"]["default"]
@@ -45,7 +47,7 @@ rule ensemble_table:
     conda:
         ENV
     shell:
-        launch("ensemble_table") + " -- --lineage {params.lineage} table --params {params.cfg:q} --pairs {input.pairs}"
+        launch("ensemble_table") + " -- --lineage {params.lineage} --version-mismatch {params.versions} table --params {params.cfg:q} --pairs {input.pairs}"
         " {params.models} --value reward --out {output} > {log} 2>&1"
 
 
@@ -75,6 +77,7 @@ rule reference_table:
         f"{UP}/tables/reference_logps.parquet",
     params:
         cfg=TABLE_PARAMS,
+        versions=VERSION_MISMATCH,
         lineage=lineage_table("reference_logps"),
     threads: config["threads"]["default"]
     resources:
@@ -86,5 +89,5 @@ rule reference_table:
     conda:
         ENV
     shell:
-        launch("reference_table") + " -- --lineage {params.lineage} table --params {params.cfg:q} --pairs {input.pairs}"
+        launch("reference_table") + " -- --lineage {params.lineage} --version-mismatch {params.versions} table --params {params.cfg:q} --pairs {input.pairs}"
         " --model ref_logp={input.sft} --value logp --out {output} > {log} 2>&1"

@@ -14,13 +14,14 @@ rule winrates:
         cfg=as_json({**config["winrates"], "splits": SPLITS, "methods": METHODS}),
         # the lineages of the tables it is computed from
         expect=lambda wildcards, input: as_json({str(f): lineage_of(f) for f in [*input.scores, *([input.judge] if JUDGE_ON else [])]}),
+        versions=VERSION_MISMATCH,
         code=code("cmd_winrates"),
     log:
         f"{OUT}/logs/winrates.log",
     conda:
         ENV
     shell:
-        "python -m drdo --expect-lineage {params.expect:q} winrates --params {params.cfg:q}"
+        "python -m drdo --expect-lineage {params.expect:q} --version-mismatch {params.versions} winrates --params {params.cfg:q}"
         " --scores {input.scores} --out {output.table}"
         + (" --judge {input.judge}" if JUDGE_ON else "")
         + " > {log} 2>&1"

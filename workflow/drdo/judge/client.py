@@ -1,9 +1,11 @@
 """Calls to an OpenAI-compatible chat endpoint: cached, budgeted, retried, key redacted.
 
 Every completed call is appended to a JSON-lines cache (one file per job, outside the job's
-outputs) as soon as it returns, keyed by a hash of the model, the rendered messages and the
-sampling parameters -- never the URL or the key -- so a rerun, or a job killed midway and
-started again, pays for no call twice. Only answers are cached: a transport failure (HTTP
+outputs) as soon as it returns, keyed by a hash of what answers it (the model name, the endpoint
+and what the endpoint says it serves under that name: ``served``; or the served GGUF file's
+content), the rendered messages and the sampling parameters -- never the key -- so a rerun, or a
+job killed midway and started again, pays for no call twice, and new weights behind an old name
+are asked again. Only answers are cached: a transport failure (HTTP
 408/409/429/5xx after the client's retries, a timeout, a malformed body) is not, and it ends the
 job with an error. Any other 4xx stops the job at once with the status and the server's message.
 """
@@ -29,6 +31,9 @@ log = logging.getLogger("drdo.judge")
 CHARS_PER_TOKEN = 3.0
 TOKENS_PER_MESSAGE = 8  # role markers and the like
 RETRYABLE = (408, 409, 429)
+# /v1/models fields that do not identify the weights: llama.cpp and vLLM report the time of the
+# request as `created`, vLLM a new permission id per request.
+VOLATILE = ("created", "permission", "object")
 
 
 class JudgeError(RuntimeError):
@@ -73,6 +78,17 @@ class CallCache:
 
     def get(self, key: str) -> dict | None:
         return self.records.get(key)
+
+    def drop(self, keys: set[str]) -> None:
+        """Forget the answers under ``keys`` (rewrites the file atomically)."""
+        with self._lock:
+            self.records = {k: r for k, r in self.records.items() if k not in keys}
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in self.records.values())
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
 
     def put(self, rec: dict) -> None:
         line = json.dumps(rec, ensure_ascii=False) + "\n"
@@ -137,6 +153,7 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     usd: float = 0.0
+    reserved: float = 0.0  # estimated cost of the calls in flight (judge.max_usd counts it as spent)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
@@ -148,6 +165,31 @@ class JudgeClient:
                                     max_retries=max_retries)
         self.base_url, self.model, self.timeout_s, self.max_retries = base_url, model, timeout_s, max_retries
         self.redact = redact
+        self.server_id: str | None = None  # recorded with each answer (stage.run sets it)
+
+    def served(self) -> dict:
+        """What answers calls to ``model`` here: the endpoint and its /models entry for that name
+        (id, owned_by, meta: e.g. llama.cpp's model file and size), or the only entry of a one-model
+        server (llama.cpp names it by its file, whatever name the client sends). An endpoint without
+        /models is identified by its URL alone (warned)."""
+        try:
+            listed = [m.model_dump() for m in self.client.models.list().data]
+        except openai.NotFoundError:
+            log.warning("judge endpoint %s has no /models: its answers are cached under its URL and judge.model "
+                        "alone (new weights behind the same name would not be noticed)", self.base_url)
+            return {"endpoint": self.base_url, "model": self.model, "served": None}
+        except openai.APIStatusError as e:
+            raise JudgeError(self.redact(f"judge endpoint {self.base_url}: GET /models (to tell which weights answer) "
+                                         f"failed with HTTP {e.status_code}: {_server_message(e)}")) from None
+        except (openai.APIConnectionError, openai.APITimeoutError) as e:
+            raise JudgeError(self.redact(f"judge endpoint {self.base_url}: cannot ask which model it serves "
+                                         f"(GET /models): {e}")) from None
+        entries = [m for m in listed if m.get("id") == self.model] or (listed if len(listed) == 1 else [])
+        if not entries:
+            raise JudgeError(f"judge endpoint {self.base_url} does not serve judge.model={self.model!r} "
+                             f"(its /models lists {[m.get('id') for m in listed][:20]})")
+        served = {k: v for k, v in entries[0].items() if k not in VOLATILE}
+        return {"endpoint": self.base_url, "model": self.model, "served": served}
 
     def complete(self, call: Call) -> dict:
         """One answer as a cache record; raises JudgeError (key redacted) when there is none."""
@@ -177,7 +219,7 @@ class JudgeClient:
             else:
                 rec, problem = _record(resp)
                 if rec is not None:
-                    return {"key": call.key, "model": self.model, **rec, "time": time.time()}
+                    return {"key": call.key, "model": self.model, "server": self.server_id, **rec, "time": time.time()}
             log.warning("malformed answer from the judge endpoint (%s), attempt %d of %d", problem, attempt + 1,
                         self.max_retries + 1)
             if attempt < self.max_retries:
@@ -219,7 +261,9 @@ def run_calls(calls: list[Call], client: JudgeClient, cache: CallCache, max_conc
     """Make every call not yet cached, ``max_concurrency`` at a time, caching each as it returns.
 
     On the first failure no new call starts; calls in flight finish (and are cached, they are
-    paid), then the failure is raised. The spend is re-checked against the limits before each call.
+    paid), then the failure is raised. The spend is re-checked against the limits before each call:
+    a call starts only if the spend so far, the estimated cost of the calls in flight (reserved when
+    each was sent, settled with its real cost when it returns) and its own estimate fit judge.max_usd.
     """
     usage = Usage()
     todo = [c for c in calls if c.key not in cache]
@@ -227,23 +271,29 @@ def run_calls(calls: list[Call], client: JudgeClient, cache: CallCache, max_conc
     progress = Progress(log, "judge", len(todo), "calls")
 
     def one(call: Call) -> None:
+        reserve = estimate([call], prices)["usd"]
         with usage.lock:
             if stop.is_set():
                 return
             if max_requests is not None and usage.calls >= max_requests:
                 stop.set()
                 raise JudgeError(f"judge.max_requests={max_requests} reached during the run")
-            if max_usd is not None and usage.usd >= max_usd:
+            if max_usd is not None and usage.usd + usage.reserved + reserve > max_usd:
                 stop.set()
-                raise JudgeError(f"judge.max_usd={max_usd} reached during the run (spent ${usage.usd:.4f})")
+                raise JudgeError(f"judge.max_usd={max_usd} reached during the run (spent ${usage.usd:.4f}, "
+                                 f"${usage.reserved:.4f} estimated for the calls in flight, ${reserve:.4f} for the next)")
             usage.calls += 1  # counted when it starts: a call in flight may be billed
+            usage.reserved += reserve
         try:
             rec = client.complete(call)
         except BaseException:
             stop.set()
+            with usage.lock:
+                usage.reserved -= reserve
             raise
         cache.put(rec)
         with usage.lock:
+            usage.reserved -= reserve
             usage.prompt_tokens += rec["prompt_tokens"]
             usage.completion_tokens += rec["completion_tokens"]
             usage.usd += cost_usd(rec["prompt_tokens"], rec["completion_tokens"], prices)

@@ -53,8 +53,16 @@ def run(a) -> None:
     prompts = io.read_parquet(a.prompts)
     templates = {name: load_template(path) for name, path in (t.split("=", 1) for t in a.templates)}
     gguf = resolve_gguf(p["serve"]["gguf"]) if p.get("serve") else None
-    # what answers the calls: the config's model name, or the served file's content
-    model_id = f"{p['model']}@gguf:{io.file_hash(gguf)}" if gguf else p["model"]
+    # What answers the calls, in every call's cache key: the served file's content, or the endpoint
+    # and what it says it serves under the model name (new weights behind an old name are asked anew).
+    client, server = None, None
+    if gguf:
+        model_id = f"{p['model']}@gguf:{io.file_hash(gguf)}"
+    else:
+        client = JudgeClient(p["base_url"], p["model"], api_key, p["timeout_s"], p["max_retries"], redact)
+        server = client.served()
+        model_id = f"{p['model']}@{p['base_url']}#{io.config_hash(server)}"
+        log.info("judge endpoint %s serves %s", p["base_url"], server["served"])
 
     items = protocol.plan(scores, prompts, p)
     items, calls = protocol.calls(items, templates, p, model_id)
@@ -72,12 +80,18 @@ def run(a) -> None:
 
     made = None
     if todo:
-        server = local_server(p["serve"]) if gguf else contextlib.nullcontext(p["base_url"])
-        with server as base_url:
+        with local_server(p["serve"]) if gguf else contextlib.nullcontext(p["base_url"]) as base_url:
             if gguf:
                 log.info("serving %s (%s) at %s", gguf_name(gguf), gguf.name, base_url)
-            client = JudgeClient(base_url, p["model"], api_key, p["timeout_s"], p["max_retries"], redact)
+                client = JudgeClient(base_url, p["model"], api_key, p["timeout_s"], p["max_retries"], redact)
+            client.server_id = model_id
             made = run_calls(todo, client, cache, p["max_concurrency"], prices, p.get("max_usd"), p.get("max_requests"))
+            if server is not None and (now := client.served()) != server:
+                # which answers came from which weights cannot be told: none of this run's is kept
+                cache.drop({c.key for c in todo})
+                raise JudgeError(f"judge endpoint {p['base_url']} changed what it serves during the run (before: "
+                                 f"{server['served']}; after: {now['served']}); this run's {made.calls} answers "
+                                 "were discarded, so one report never mixes two servers' verdicts: run the job again")
         log.info("made %d calls: %d prompt tokens, %d completion tokens, $%.4f", made.calls, made.prompt_tokens,
                  made.completion_tokens, made.usd)
 
@@ -87,7 +101,7 @@ def run(a) -> None:
         log.info("judge report:\n%s", table.to_string(index=False))
     check_usable(verdicts, table, p, a.cache)
     wall = time.time() - started
-    run_info = {"model_id": model_id, "calls_needed": len(calls), "calls_cached": len(calls) - len(todo),
+    run_info = {"model_id": model_id, "server": server, "calls_needed": len(calls), "calls_cached": len(calls) - len(todo),
                 "calls_made": made.calls if made else 0,
                 "prompt_tokens_made": made.prompt_tokens if made else 0,
                 "completion_tokens_made": made.completion_tokens if made else 0,

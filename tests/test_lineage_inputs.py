@@ -1,0 +1,141 @@
+"""What the workflow's lineage tracks about inputs named by path: data.files, a local model or
+Oracle directory and a GGUF file by their content (cached, so a no-op parse reads no file again);
+and each training job's own resume folder under a shared resume_dir (a study)."""
+
+import os
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "tests" / "fixtures"
+
+
+def _params(workdir: Path, config: dict, rules: tuple[str, ...], snakefile: Path = REPO / "Snakefile",
+            configfiles: tuple[Path, ...] = ()) -> dict:
+    """Parse the workflow (Snakemake's Python API) in ``workdir``; each named rule's params.
+    ``_workflow`` is the API's parsed workflow (not public)."""
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings
+
+    cwd = os.getcwd()
+    try:
+        with SnakemakeApi(OutputSettings()) as api:
+            parsed = api.workflow(resource_settings=ResourceSettings(cores=1), snakefile=snakefile, workdir=workdir,
+                                  config_settings=ConfigSettings(
+                                      config=config, configfiles=[REPO / "config" / "config.yaml", *configfiles]))
+            wf = parsed._workflow
+            names = [r.name for r in wf.rules]
+            return {n: wf.get_rule(n).params for n in names if n in rules or n.split("_", 1)[-1] in rules}
+    finally:
+        os.chdir(cwd)
+
+
+def _files_config(workdir: Path) -> dict:
+    data = workdir / "data"
+    data.mkdir(exist_ok=True)
+    for name in ("comparisons.jsonl", "sft.jsonl", "news.jsonl"):
+        shutil.copy2(FIXTURES / name, data / name)
+    return {"out_dir": "results/files", "winrates": {"scorers": ["oracle"]},
+            "data": {"source": "files", "files": {"comparisons": "data/comparisons.jsonl", "sft_train": "data/sft.jsonl",
+                                                  "sft_test": "data/sft.jsonl", "news": "data/news.jsonl"}}}
+
+
+def _same_size_edit(path: Path) -> None:
+    """Change a file's content, keeping its size and modification time (as a tool that copies
+    times, or an edit within one second on a coarse file system, would)."""
+    st = path.stat()
+    text = path.read_bytes()
+    i = text.index(b"a")
+    path.write_bytes(text[:i] + b"e" + text[i + 1:])
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
+
+
+def test_data_files_are_tracked_by_content_not_by_time(tmp_path):
+    config = _files_config(tmp_path)
+    lineage = lambda: str(_params(tmp_path, config, ("normalise",))["normalise"].lineage)  # noqa: E731
+    before = lineage()
+    news = tmp_path / "data" / "news.jsonl"
+    _same_size_edit(news)
+    edited = lineage()
+    assert edited != before
+    os.utime(news)  # touched: same content
+    assert lineage() == edited
+    assert (tmp_path / ".snakemake" / "drdo" / "content_hashes.json").is_file()  # the cache, beside Snakemake's
+
+
+def test_content_cache_is_used_and_checked(tmp_path):
+    from drdo import contenthash
+
+    f = tmp_path / "x.bin"
+    f.write_bytes(b"one")
+    cache = tmp_path / "cache.json"
+    hashes = contenthash.ContentHashes(cache)
+    first = hashes.tree(f)
+    hashes.save()
+    entry = contenthash.ContentHashes(cache).entries[str(f)]
+    assert entry[-1] == first and entry[:4] == [3, f.stat().st_mtime_ns, f.stat().st_ctime_ns, f.stat().st_ino]
+    # an entry whose stamp matches is trusted (not read again): a no-op parse costs a stat per file
+    stale = contenthash.ContentHashes(cache)
+    stale.entries[str(f)][4] = "cached"
+    assert stale.tree(f) == "cached"
+    f.write_bytes(b"two")  # a write changes the stamp: hashed again
+    assert contenthash.ContentHashes(cache).tree(f) not in (first, "cached")
+
+
+def test_a_local_model_or_oracle_directory_is_tracked_by_content(tmp_path):
+    model = tmp_path / "my-model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "llama", "hidden_size": 64}')
+    (model / "model.safetensors").write_bytes(b"weights-a")
+    oracle = tmp_path / "my-oracle"
+    shutil.copytree(model, oracle)
+    config = {**_files_config(tmp_path), "model": {"name_or_path": str(model)}, "oracle": {"base": str(oracle)}}
+    rules = ("base_model", "oracle_base")
+
+    def lineages():
+        params = _params(tmp_path, config, rules)
+        return str(params["base_model"].lineage), str(params["oracle_base"].lineage)
+
+    base, oracle_base = lineages()
+    _same_size_edit(model / "config.json")
+    assert lineages() == (lineages()[0], oracle_base) and lineages()[0] != base
+    (oracle / "model.safetensors").write_bytes(b"weights-b")  # new weights under the same path
+    assert lineages()[1] != oracle_base
+
+
+def test_a_gguf_base_file_is_tracked_by_content(tmp_path):
+    gguf = tmp_path / "base.gguf"
+    gguf.write_bytes(b"GGUF" + b"\0" * 64)
+    config = {"out_dir": "results/gguf", "model": {"name_or_path": str(gguf)}}
+    lineage = lambda: str(_params(tmp_path, config, ("base_model",))["base_model"].lineage)  # noqa: E731
+    before = lineage()
+    st = gguf.stat()
+    gguf.write_bytes(b"GGUF" + b"\1" * 64)
+    os.utime(gguf, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert lineage() != before
+
+
+@pytest.mark.parametrize("resume_dir", [None, "scratch/resume"])
+def test_each_training_job_of_a_study_has_its_own_resume_folder(tmp_path, resume_dir):
+    study = yaml.safe_load((REPO / "tests" / "configs" / "study-e2e.yaml").read_text())
+    study["seeds"]["world"] = [0, 1]  # two worlds, two runs each
+    study["config"]["resume_dir"] = resume_dir
+    study["configfiles"] = [str(REPO / f) for f in study["configfiles"]]
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
+    params = _params(tmp_path, {"study": str(tmp_path / "study.yaml")}, ("sft", "oracle", "reward_model", "align"),
+                     snakefile=REPO / "workflow" / "study.smk")
+    folders = []
+    for name, p in params.items():
+        jobs = {"reward_model": [SimpleNamespace(member=str(m)) for m in range(2)],
+                "align": [SimpleNamespace(method=m, split="all") for m in ("drdo", "dpo", "edpo")]}
+        for wildcards in jobs.get(name.split("_", 1)[1], [None]):
+            folders.append(p.resume(wildcards) if callable(p.resume) else p.resume)
+    assert len(folders) == 2 * (1 + 1 + 2) + 4 * 3  # 2 worlds x (sft, oracle, 2 members); 4 runs x 3 methods
+    assert len(set(folders)) == len(folders), sorted(folders)
+    if resume_dir:
+        assert all(f.startswith(resume_dir + "/") for f in folders)

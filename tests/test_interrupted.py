@@ -4,6 +4,7 @@ beside it, and the rerun's outputs equal an uninterrupted run's byte for byte on
 judge's case is in test_judge.py); a resume state left by other code; a diverging loss."""
 
 import json
+import re
 import logging
 
 import pytest
@@ -17,6 +18,13 @@ pytestmark = pytest.mark.interrupted
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     return ss.build_world(tmp_path_factory.mktemp("world"))
+
+
+def _past(k: int):
+    """Ready once a progress line says at least ``k`` batches are done and more are left."""
+    def ready(log: str) -> bool:
+        return any(k <= int(done) < int(total) for done, total in re.findall(r" (\d+)/(\d+) batches", log))
+    return ready
 
 
 def _interrupted_equals_whole(tmp_path, args, ready, out_name: str) -> None:
@@ -57,7 +65,7 @@ def test_table_killed_while_scoring(world, tmp_path):
                                                           ("all", "hc_he", "lc_le")),
                 "--model", f"ref_logp={world['sft']}", "--value", "logp", "--out", str(out)]
 
-    _interrupted_equals_whole(tmp_path, args, lambda log: "scored 4 of" in log, "reference_logps.parquet")
+    _interrupted_equals_whole(tmp_path, args, _past(4), "reference_logps.parquet")
 
 
 def test_generation_killed_midway(world, tmp_path):
@@ -69,7 +77,7 @@ def test_generation_killed_midway(world, tmp_path):
         return ["generate", "--params", params, "--policy", str(world["sft"]), "--prompts", str(world["prompts"]),
                 "--out", str(out)]
 
-    _interrupted_equals_whole(tmp_path, args, lambda log: "generated 4 of" in log, "sft.parquet")
+    _interrupted_equals_whole(tmp_path, args, _past(1), "sft.parquet")
 
 
 def test_scoring_killed_midway(world, tmp_path):
@@ -79,7 +87,7 @@ def test_scoring_killed_midway(world, tmp_path):
         return ["score", "--params", params, "--prompts", str(world["prompts"]), "--oracle", str(world["oracle"]),
                 "--policy", "reference", "--split", "-", "--out", str(out)]
 
-    _interrupted_equals_whole(tmp_path, args, lambda log: "scored 2 of" in log, "reference.parquet")
+    _interrupted_equals_whole(tmp_path, args, _past(2), "reference.parquet")
 
 
 # --------------------------------------------------------------------------- resume state and lineage

@@ -34,6 +34,7 @@ rule study_table:
     output:
         table=report(f"{ROOT}/study.csv", caption="report/study_table.rst", category="Study"),
         runs=report(f"{ROOT}/study_runs.csv", caption="report/study_runs.rst", category="Study"),
+        outcomes=f"{ROOT}/study_outcomes.parquet",
         provenance=f"{ROOT}/study.provenance.json",
     params:
         runs=json.dumps(MANIFEST, sort_keys=True),

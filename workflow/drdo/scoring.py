@@ -18,8 +18,6 @@ from .progress import Progress
 
 log = logging.getLogger("drdo.score")
 
-log = logging.getLogger("drdo.score")
-
 
 @torch.no_grad()
 def score(model, tokenizer, prompts: list[str], responses: list[str], max_length: int,
@@ -94,8 +92,6 @@ def _score_groups(model, tokenizer, prompts, responses, documents, groups, max_l
     if rewards:
         out["reward"] = np.full(n, np.nan)
 
-    done = [0]
-
     def flush(batch):
         idx = [i for g in batch for i in encoded[g][0]]  # sequences are numbered group by group
         packed = pack([encoded[g][1] for g in batch], tokenizer.pad_token_id).to(device)
@@ -106,8 +102,6 @@ def _score_groups(model, tokenizer, prompts, responses, documents, groups, max_l
             out["logp"][idx] = logp.cpu().numpy()
         if rewards:
             out["reward"][idx] = reward.float().cpu().numpy()
-        done[0] += len(idx)
-        log.info("scored %d of %d sequences", done[0], n)
 
     # batches of at most batch_size sequences (a larger group alone), groups of similar length together
     order = np.argsort([sum(len(e.input_ids) for e in enc) for _, enc in encoded], kind="stable")

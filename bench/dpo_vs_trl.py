@@ -2,11 +2,13 @@
 optimizer, checked for equal losses first; then interleaved runs, each in a fresh process.
 
     pip install -e '.[bench]'   # TRL, for this benchmark only
+    # the figures and every target in one summary line (1 and 2 threads, interleaved):
     PYTHONPATH=workflow python bench/dpo_vs_trl.py --model tiny --batch 32 --steps 6 --repeats 3
-    PYTHONPATH=workflow python bench/dpo_vs_trl.py --model smollm2 --batch 4 --steps 4 --repeats 2
+    PYTHONPATH=workflow python bench/dpo_vs_trl.py --model smollm2 --batch 4 --steps 3 --repeats 3 \
+        --long-prompts 400 --max-length 512
     # the loss-equality check without float32 rounding, TRL's log-prob kernel made exact too:
     PYTHONPATH=workflow python bench/dpo_vs_trl.py --model smollm2 --batch 4 --steps 3 --repeats 1 \
-        --runners drdo,trl --dtype float64 --trl-head exact
+        --runners drdo,trl-compact --dtype float64 --trl-head exact --threads 2
 
 Models: ``tiny`` is the embedded default's base model (config/config.yaml's ``model`` section, a
 tokenizer trained on the synthetic corpus); ``smollm2`` is SmolLM2-135M-Instruct from the GGUF
@@ -15,12 +17,30 @@ training comparisons (config defaults), encoded by ``drdo.batching.encode``; TRL
 same token ids (BOS + prompt, response with its leading space + EOS) and the same precomputed
 reference log-probs, in the same order (sequential sampler), so its losses must equal ours.
 
-Runners (``--runner``): ``drdo`` (DPO on the project's trainer), ``trl`` (DPO on TRL), ``drdo-drdo``
-(the DRDO objective, reward head included, on the project's trainer). Step time is the interval
-between consecutive optimizer steps after the first (steady state); tokens/s counts the real
+Runners (``--runners``):
+
+- ``drdo``: DPO on the project's trainer; ``drdo-drdo``: the DRDO objective, reward head
+  included, on the project's trainer (its step time against ``drdo``'s is the cost of DRDO over
+  DPO); ``drdo-bf16``: ``drdo`` with ``train.dtype: bfloat16`` (bf16 autocast, fp32 weights and
+  AdamW states).
+- ``trl-compact``: DPO on TRL as it runs on a GPU, the baseline of the targets. TRL 1.16's fused
+  LM head (``trl.trainer.utils.add_fused_lm_head``) scores only the completion positions where
+  ``_use_triton(device)`` is true (CUDA and XPU with Triton); elsewhere it runs the LM head and
+  log-softmax over every prompt and padding position and masks them afterwards. The bench rebinds
+  the name ``_use_triton`` inside ``trl.trainer.utils`` to a function that is true on every
+  device, which switches on that compact path only: the kernel's own tile loop
+  (``trl.kernels.chunked_logprob``, which reads its own binding) stays TRL's torch code on CPU.
+- ``trl``: TRL as it runs on CPU (the full-width head); ``trl-bf16``: ``trl-compact`` with
+  ``bf16=True`` (TRL's default precision: bf16 autocast, fp32 weights).
+
+Every worker flushes subnormal floats to zero before torch starts its threads, as the workflow's
+jobs do (``drdo.floatmode``). Step time is the interval between consecutive optimizer steps after
+the first (steady state), in wall time and in the worker's CPU time; tokens/s counts the real
 tokens of the pairs (prompt + response, chosen and rejected), the same for every runner. Peak
 memory is the worker process's peak RSS, and its increase over the RSS just before training.
-Prints one JSON line per run, then a summary line of ratios (min and median over repeats).
+Prints one JSON line per run, then a summary line: per thread count, each runner's figures and
+each ratio with its target (``targets``; ratios of medians over repeats, per wall and per CPU
+second).
 """
 
 from __future__ import annotations
@@ -40,7 +60,15 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-RUNNERS = ("drdo", "trl", "drdo-drdo")
+# runner: (trainer, objective, mixed precision, TRL's log-prob head)
+RUNNERS = {"drdo": ("ours", "dpo", False, None), "drdo-drdo": ("ours", "drdo", False, None),
+           "drdo-bf16": ("ours", "dpo", True, None), "trl": ("trl", "dpo", False, "full"),
+           "trl-compact": ("trl", "dpo", False, "compact"), "trl-bf16": ("trl", "dpo", True, "compact")}
+BASELINE = "trl-compact"  # what the targets compare against: TRL as it runs on a GPU
+TOKENS_TARGET = {"tiny": 2.0, "smollm2": 1.6}  # tokens/s over the baseline's, at least
+MEMORY_TARGET = {"smollm2": 0.6}  # peak memory over the baseline's, at most (tiny: libraries' footprint, no target)
+LOSS_TARGET = 1e-6  # largest difference of a step's loss from the baseline's (float32), at most
+DRDO_COST_TARGET = 1.05  # DRDO step time over DPO step time on our trainer, at most
 
 
 def _rss_mb() -> float:
@@ -50,6 +78,15 @@ def _rss_mb() -> float:
 
 def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _stamp() -> tuple[float, float]:
+    """Wall and CPU time once the GPU (if any) has finished what was queued."""
+    import torch
+
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+    return time.perf_counter(), time.process_time()
 
 
 # ------------------------------------------------------------------------------------------ setup
@@ -127,7 +164,7 @@ def pd_unique(xs):
 
 
 # ----------------------------------------------------------------------------------------- workers
-def _run_drdo(work: Path, data: dict, args, objective_name: str) -> tuple[list[float], list[float]]:
+def _run_drdo(work: Path, data: dict, args, objective_name: str, bf16: bool = False) -> tuple[list[float], list[float]]:
     import numpy as np
     import torch
 
@@ -154,12 +191,13 @@ def _run_drdo(work: Path, data: dict, args, objective_name: str) -> tuple[list[f
     stamps = []  # one per optimizer step (batch size x 1 accumulation step): the loss call
 
     def loss(out, values):
-        stamps.append((time.perf_counter(), time.process_time()))
+        stamps.append(_stamp())
         return objective.loss(out, values)
 
     timed = dataclasses.replace(objective, loss=loss)
     cfg = TrainConfig(lr=args.lr, batch_size=args.batch, max_steps=args.steps, warmup_steps=0, weight_decay=0.0,
-                      max_grad_norm=1.0, seed=0, gradient_checkpointing=args.checkpointing)
+                      max_grad_norm=1.0, seed=0, gradient_checkpointing=args.checkpointing,
+                      dtype="bfloat16" if bf16 else "float32")
     torch.manual_seed(0)
     history = train(model, examples, timed, cfg, data["pad_id"])
     return [h["loss"] for h in history], stamps
@@ -196,7 +234,20 @@ class _ExactLogProb:
         return token, entropy, sum_sq, mean, top1
 
 
-def _run_trl(work: Path, data: dict, args) -> tuple[list[float], list[float]]:
+def _compact_head() -> None:
+    """TRL's completion-only LM head on every device, as on CUDA (see the module's docstring)."""
+    import trl.trainer.utils
+
+    if not callable(getattr(trl.trainer.utils, "_use_triton", None)):
+        raise RuntimeError(f"trl {trl.__version__}: trl.trainer.utils has no _use_triton; the compact-head "
+                           "switch of bench/dpo_vs_trl.py was written for TRL 1.16")
+    trl.trainer.utils._use_triton = lambda device: True
+
+
+head_rows: list[int] = []  # positions TRL's LM head scored, per call
+
+
+def _run_trl(work: Path, data: dict, args, head: str, bf16: bool = False) -> tuple[list[float], list[float]]:
     import torch
     from datasets import Dataset
     from torch.utils.data import SequentialSampler
@@ -206,10 +257,21 @@ def _run_trl(work: Path, data: dict, args) -> tuple[list[float], list[float]]:
     from drdo.modeling import load_causal_lm, load_tokenizer
     from drdo.trainer import _sample_order
 
-    if args.trl_head == "exact":
-        import trl.trainer.utils
+    import trl.trainer.utils
 
+    if args.trl_head == "exact":
         trl.trainer.utils._ChunkedLogProbFunction = _ExactLogProb  # looked up by the fused head at each call
+    if head == "compact":
+        _compact_head()
+    kernel = trl.trainer.utils._ChunkedLogProbFunction
+
+    class Counted:  # the positions TRL's LM head scores, per call (a diagnostic: compact or full)
+        @staticmethod
+        def apply(hidden, *a, **k):
+            head_rows.append(hidden.shape[0])
+            return kernel.apply(hidden, *a, **k)
+
+    trl.trainer.utils._ChunkedLogProbFunction = Counted
     n = len(data["pairs"])
     order = _sample_order(n, args.steps * args.batch, 0)  # the project's trainer's sample order
     ds = Dataset.from_list([data["pairs"][i] for i in order])
@@ -228,17 +290,17 @@ def _run_trl(work: Path, data: dict, args) -> tuple[list[float], list[float]]:
 
     class Stamp(TrainerCallback):
         def on_step_end(self, *a, **k):
-            stamps.append((time.perf_counter(), time.process_time()))
+            stamps.append(_stamp())
 
     with tempfile.TemporaryDirectory() as out:
         cfg = DPOConfig(output_dir=out, per_device_train_batch_size=args.batch, learning_rate=args.lr,
                         lr_scheduler_type="cosine", warmup_steps=0, max_steps=args.steps, weight_decay=0.0,
                         max_grad_norm=1.0, beta=0.1, logging_steps=1, report_to="none", save_strategy="no",
-                        use_cpu=True, seed=0, data_seed=0, precompute_ref_log_probs=True, max_length=None,
+                        use_cpu=args.device == "cpu", seed=0, data_seed=0, precompute_ref_log_probs=True, max_length=None,
                         dataloader_num_workers=0, disable_tqdm=True, optim="adamw_torch",
                         gradient_checkpointing=args.checkpointing,
                         gradient_checkpointing_kwargs={"use_reentrant": False},  # as the project's trainer
-                        bf16=False)  # TRL's default is bf16; fp32 like ours
+                        bf16=bf16)  # TRL's default is bf16
         torch.manual_seed(0)
         trainer = SameData(model=load_causal_lm(work / "model", args.dtype), args=cfg, train_dataset=ds,
                            processing_class=load_tokenizer(work / "model"), callbacks=[Stamp()])
@@ -250,17 +312,22 @@ def _run_trl(work: Path, data: dict, args) -> tuple[list[float], list[float]]:
 def worker(args) -> None:
     import torch
 
+    from drdo.floatmode import flush_subnormals
+
+    flush_subnormals()  # as every workflow job does, before torch starts its threads
     torch.set_num_threads(args.threads)
     if args.dtype == "float64":  # the reference log-probs too (both trainers' collators build default-dtype tensors)
         torch.set_default_dtype(torch.float64)
     work = Path(args.work)
     data = json.loads(data_file(work, args.dtype).read_text())
     rss0 = _rss_mb()
-    if args.runner == "trl":
-        losses, stamps = _run_trl(work, data, args)
+    trainer, objective, bf16, head = RUNNERS[args.runner]
+    if trainer == "trl":
+        losses, stamps = _run_trl(work, data, args, head, bf16)
     else:
-        losses, stamps = _run_drdo(work, data, args, "drdo" if args.runner == "drdo-drdo" else "dpo")
+        losses, stamps = _run_drdo(work, data, args, objective, bf16)
     peak = _peak_mb()
+    gpu = {"peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20)} if args.device == "cuda" else {}
     from drdo.trainer import _sample_order
 
     order = _sample_order(len(data["pairs"]), args.steps * args.batch, 0)
@@ -272,10 +339,75 @@ def worker(args) -> None:
     print(json.dumps({"runner": args.runner, "losses": losses, "step_s": times, "step_cpu_s": cpu,
                       "tokens_per_s": statistics.mean(per_step[1:]) / statistics.median(times),
                       "tokens_per_cpu_s": statistics.mean(per_step[1:]) / statistics.median(cpu),
-                      "peak_rss_mb": round(peak), "train_rss_increase_mb": round(peak - rss0)}), flush=True)
+                      "peak_rss_mb": round(peak), "train_rss_increase_mb": round(peak - rss0), **gpu,
+                      **({"head_positions_per_step": sum(head_rows) / args.steps} if head_rows else {})}), flush=True)
 
 
 # ------------------------------------------------------------------------------------------ driver
+def _ratio(a: dict, b: dict, key: str) -> float:
+    return a[key] / b[key]
+
+
+def summarise(results: dict[str, list[dict]], model: str, dtype: str, memory: str = "peak_rss_mb") -> dict:
+    """Each runner's figures over its repeats (min and median), and each ratio against its target
+    (ratios of medians; tokens/s per wall second and per CPU second of the worker; ``memory``: the
+    peak compared, the process's RSS or, on a GPU, the device memory torch allocated)."""
+    out: dict = {}
+    for r, runs in results.items():
+        tps, cps = [x["tokens_per_s"] for x in runs], [x["tokens_per_cpu_s"] for x in runs]
+        out[r] = {"tokens_per_s_min": min(tps), "tokens_per_s_median": statistics.median(tps),
+                  "tokens_per_cpu_s_min": min(cps), "tokens_per_cpu_s_median": statistics.median(cps),
+                  "peak_rss_mb": min(x["peak_rss_mb"] for x in runs),
+                  "train_rss_increase_mb": min(x["train_rss_increase_mb"] for x in runs),
+                  "first_loss": runs[0]["losses"][0]}
+        if "peak_gpu_mb" in runs[0]:
+            out[r]["peak_gpu_mb"] = min(x["peak_gpu_mb"] for x in runs)
+    targets = []
+
+    def speed(name: str, a: str, b: str, target: float | None, at_most: bool = False, invert: bool = False):
+        wall = _ratio(out[a], out[b], "tokens_per_s_median")
+        cpu = _ratio(out[a], out[b], "tokens_per_cpu_s_median")
+        if invert:  # a step-time ratio: the same tokens per step, so the inverse of tokens/s
+            wall, cpu = 1 / wall, 1 / cpu
+        row = {"what": name, "wall": round(wall, 3), "cpu": round(cpu, 3)}
+        if target is not None:
+            ok = (lambda x: x <= target) if at_most else (lambda x: x >= target)
+            row |= {"target": f"{'<=' if at_most else '>='} {target}", "met": {"wall": ok(wall), "cpu": ok(cpu)}}
+        targets.append(row)
+
+    for trl in ("trl-compact", "trl"):
+        if "drdo" in out and trl in out:
+            on_target = trl == BASELINE and dtype == "float32"
+            speed(f"tokens/s, drdo over {trl}", "drdo", trl, TOKENS_TARGET[model] if on_target else None)
+            mem = _ratio(out["drdo"], out[trl], memory)
+            row = {"what": f"{memory}, drdo over {trl}", "ratio": round(mem, 3),
+                   "train_rss_increase_ratio": round(out["drdo"]["train_rss_increase_mb"]
+                                                     / max(out[trl]["train_rss_increase_mb"], 1), 3)}
+            if on_target and model in MEMORY_TARGET:
+                row |= {"target": f"<= {MEMORY_TARGET[model]}", "met": mem <= MEMORY_TARGET[model]}
+            targets.append(row)
+            diff = max(abs(a - b) for a, b in zip(results["drdo"][0]["losses"], results[trl][0]["losses"]))
+            row = {"what": f"max loss difference, drdo vs {trl} ({dtype})", "value": diff,
+                   "first_loss": {"drdo": out["drdo"]["first_loss"], trl: out[trl]["first_loss"]}}
+            if trl == BASELINE and dtype in ("float32", "float64"):
+                row |= {"target": f"<= {LOSS_TARGET}", "met": diff <= LOSS_TARGET}
+            targets.append(row)
+    if "drdo-bf16" in out and "trl-bf16" in out:
+        speed("tokens/s, drdo-bf16 over trl-bf16", "drdo-bf16", "trl-bf16", None)
+        targets.append({"what": f"{memory}, drdo-bf16 over trl-bf16",
+                        "ratio": round(_ratio(out["drdo-bf16"], out["trl-bf16"], memory), 3)})
+        diff = max(abs(a - b) for a, b in zip(results["drdo-bf16"][0]["losses"], results["trl-bf16"][0]["losses"]))
+        targets.append({"what": "max loss difference, drdo-bf16 vs trl-bf16", "value": diff})
+    for ours, trl in (("drdo-bf16", "drdo"), ("trl-bf16", "trl-compact")):
+        if ours in out and trl in out:
+            speed(f"tokens/s, {ours} over {trl}", ours, trl, None)
+    if "drdo" in out and "drdo-drdo" in out:
+        speed("step time, drdo-drdo (DRDO) over drdo (DPO)", "drdo-drdo", "drdo", DRDO_COST_TARGET, at_most=True,
+              invert=True)
+    out["targets"] = targets
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", choices=("tiny", "smollm2"), default="tiny")
@@ -285,7 +417,7 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--long-prompts", type=int, default=0, help="prompt tokens to reach by prepending other posts")
     ap.add_argument("--lr", type=float, default=3e-4)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", default="1,2", help="torch threads per worker; a comma list runs each in turn")
     ap.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                     help="float64: the loss-equality check without fp32 rounding (both trainers, reference log-probs)")
     ap.add_argument("--trl-head", choices=("kernel", "exact"), default="kernel",
@@ -293,60 +425,53 @@ def main() -> None:
                          "model's dtype (with --dtype float64: TRL's loss definition without any float32 rounding)")
     ap.add_argument("--checkpointing", action="store_true",
                     help="gradient (activation) checkpointing in both trainers: memory for recompute")
-    ap.add_argument("--runners", default="drdo,trl,drdo-drdo")
+    ap.add_argument("--runners", default="drdo,trl-compact,drdo-drdo,trl,drdo-bf16,trl-bf16")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="cuda: both trainers on the GPU (TRL's head is compact there: trl = trl-compact); "
+                         "memory is then the peak of torch's GPU allocations")
     ap.add_argument("--work", default=None, help="reuse a prepared folder")
-    ap.add_argument("--runner", choices=RUNNERS, help=argparse.SUPPRESS)  # worker mode
+    ap.add_argument("--runner", choices=tuple(RUNNERS), help=argparse.SUPPRESS)  # worker mode
     args = ap.parse_args()
     if args.runner:
+        args.threads = int(args.threads)
         return worker(args)
+    runners = args.runners.split(",")
+    unknown = [r for r in runners if r not in RUNNERS]
+    if unknown:
+        ap.error(f"--runners: unknown {unknown}; choose from {list(RUNNERS)}")
+    if args.dtype == "float64" and any(RUNNERS[r][2] for r in runners):
+        ap.error("--dtype float64 is the loss-equality check: the bf16 runners do not belong in it")
+    threads = [int(t) for t in args.threads.split(",")]
     work = Path(args.work or tempfile.mkdtemp(prefix=f"dpo-vs-trl-{args.model}-"))
     if not data_file(work, args.dtype).exists():
         prepare(args.model, work, args.batch * args.steps, args.max_length, args.long_prompts, args.dtype)
     if not args.repeats:
         return
-    env = {**os.environ, "PYTHONPATH": f"{REPO / 'workflow'}:{os.environ.get('PYTHONPATH', '')}",
-           "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    runners = args.runners.split(",")
-    results: dict[str, list[dict]] = {r: [] for r in runners}
+    results: dict[int, dict[str, list[dict]]] = {t: {r: [] for r in runners} for t in threads}
     for rep in range(args.repeats):
-        for r in (runners if rep % 2 == 0 else runners[::-1]):  # interleaved, alternating order
-            cmd = [sys.executable, __file__, "--runner", r, "--work", str(work), "--batch", str(args.batch),
-                   "--steps", str(args.steps), "--lr", str(args.lr), "--threads", str(args.threads),
-                   "--dtype", args.dtype, "--trl-head", args.trl_head] + (["--checkpointing"] if args.checkpointing else [])
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            if proc.returncode:
-                sys.exit(f"{r} failed:\n{proc.stderr[-4000:]}")
-            res = json.loads(proc.stdout.strip().splitlines()[-1])
-            results[r].append(res)
-            print(json.dumps({"model": args.model, "repeat": rep, **res}), flush=True)
-    summary = {"model": args.model, "dtype": args.dtype, "trl_head": args.trl_head, "checkpointing": args.checkpointing,
-               "batch_pairs": args.batch, "steps": args.steps,
-               "repeats": args.repeats,
-               "threads": args.threads}
-    if "drdo" in results and "trl" in results:
-        ours, trl = results["drdo"][0]["losses"], results["trl"][0]["losses"]
-        summary["max_loss_diff_vs_trl"] = max(abs(a - b) for a, b in zip(ours, trl))
-        summary["first_loss"] = {"drdo": ours[0], "trl": trl[0]}
-    for r, runs in results.items():
-        tps, cps = [x["tokens_per_s"] for x in runs], [x["tokens_per_cpu_s"] for x in runs]
-        summary[r] = {"tokens_per_s_min": min(tps), "tokens_per_s_median": statistics.median(tps),
-                      "tokens_per_cpu_s_min": min(cps), "tokens_per_cpu_s_median": statistics.median(cps),
-                      "peak_rss_mb": min(x["peak_rss_mb"] for x in runs),
-                      "train_rss_increase_mb": min(x["train_rss_increase_mb"] for x in runs)}
-    if "drdo" in results and "trl" in results:
-        a, b = summary["drdo"], summary["trl"]
-        summary["ratio_vs_trl"] = {
-            "tokens_per_s_min": a["tokens_per_s_min"] / b["tokens_per_s_min"],
-            "tokens_per_s_median": a["tokens_per_s_median"] / b["tokens_per_s_median"],
-            "tokens_per_cpu_s_min": a["tokens_per_cpu_s_min"] / b["tokens_per_cpu_s_min"],
-            "tokens_per_cpu_s_median": a["tokens_per_cpu_s_median"] / b["tokens_per_cpu_s_median"],
-            "peak_rss": a["peak_rss_mb"] / b["peak_rss_mb"],
-            "train_rss_increase": a["train_rss_increase_mb"] / max(b["train_rss_increase_mb"], 1)}
-    if "drdo" in results and "drdo-drdo" in results:
-        a, b = summary["drdo"], summary["drdo-drdo"]
-        summary["drdo_over_dpo_step_time"] = {
-            "median": a["tokens_per_s_median"] / b["tokens_per_s_median"],
-            "cpu_median": a["tokens_per_cpu_s_median"] / b["tokens_per_cpu_s_median"]}
+        for t in threads:
+            # a worker's OpenMP threads are its torch threads: 1 thread must not spin on 2 cores
+            env = {**os.environ, "PYTHONPATH": f"{REPO / 'workflow'}:{os.environ.get('PYTHONPATH', '')}",
+                   "OMP_NUM_THREADS": str(t), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+            if args.device == "cpu":  # our trainer takes a GPU wherever it sees one
+                env["CUDA_VISIBLE_DEVICES"] = ""
+            for r in (runners if rep % 2 == 0 else runners[::-1]):  # interleaved, alternating order
+                cmd = [sys.executable, __file__, "--runner", r, "--work", str(work), "--batch", str(args.batch),
+                       "--steps", str(args.steps), "--lr", str(args.lr), "--threads", str(t),
+                       "--dtype", args.dtype, "--trl-head", args.trl_head, "--device", args.device] + (
+                           ["--checkpointing"] if args.checkpointing else [])
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                if proc.returncode:
+                    sys.exit(f"{r} failed:\n{proc.stderr[-4000:]}")
+                res = json.loads(proc.stdout.strip().splitlines()[-1])
+                results[t][r].append(res)
+                print(json.dumps({"model": args.model, "repeat": rep, "threads": t, **res}), flush=True)
+    summary = {"summary": "dpo_vs_trl", "model": args.model, "dtype": args.dtype, "trl_head": args.trl_head,
+               "checkpointing": args.checkpointing, "batch_pairs": args.batch, "steps": args.steps,
+               "repeats": args.repeats, "baseline": BASELINE, "device": args.device,
+               "threads": {str(t): summarise(results[t], args.model, args.dtype,
+                                             "peak_gpu_mb" if args.device == "cuda" else "peak_rss_mb")
+                           for t in threads}}
     print(json.dumps(summary), flush=True)
 
 

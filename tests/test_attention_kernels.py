@@ -126,7 +126,11 @@ def test_kernel_is_recognised_by_what_it_needs(tok, varlen):
     try:
         model.lm.config._attn_implementation = "drdo-test-masked"
         assert not varlen_kernel(model)
-        assert attention_inputs(model, pack([[Encoded([1, 2], [0, 1])]], 0))["attention_mask"].dtype == torch.bool
+        packed = pack([[Encoded([1, 2], [0, 1])]], 0)
+        got = attention_inputs(model, packed)["attention_mask"]
+        model.lm.config._attn_implementation = "sdpa"  # the mask SDPA gets (additive, made once for all layers)
+        torch.testing.assert_close(got, attention_inputs(model, packed)["attention_mask"], rtol=0, atol=0)
+        assert got.dtype == torch.float32 and got.isinf().any()
     finally:
         del ALL_MASK_ATTENTION_FUNCTIONS._global_mapping["drdo-test-masked"]
 

@@ -1,4 +1,5 @@
-"""The GPU throughput benchmark runs (on CPU, tiny) and reports what it promises."""
+"""The benchmarks run (on CPU, tiny) and report what they promise. The TRL runners of
+bench/dpo_vs_trl.py need TRL (``pip install -e '.[bench]'``) and are skipped without it."""
 
 import json
 import os
@@ -61,3 +62,67 @@ def test_robust_losses_equal_trls():
     b = cmp._batch(8, 40, 0)  # the comparison can tell a different epsilon or tau apart
     assert abs(cmp.our_loss(b, "rdpo", {"beta": 0.1, "epsilon": 0.1}) - cmp.trl_loss(b, "robust", 0.1, 0.2)) > 1e-3
     assert abs(cmp.our_loss(b, "ipo", {"tau": 0.1, "logp_agg": "sum"}) - cmp.trl_loss(b, "ipo", 0.1, 0.0)) > 1e-3
+
+
+def _bench(script: str, *args: str, timeout: int = 600) -> list[dict]:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "workflow"), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / script), *args], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+
+@pytest.fixture(scope="module")
+def dpo_work(tmp_path_factory):
+    """bench/dpo_vs_trl.py's prepared folder: the tiny default's base model and 12 encoded pairs."""
+    work = tmp_path_factory.mktemp("dpo-vs-trl")
+    _bench("dpo_vs_trl.py", "--model", "tiny", "--batch", "4", "--steps", "3", "--repeats", "0", "--work", str(work))
+    return work
+
+
+def _dpo_bench(work, runners: str) -> tuple[dict, dict]:
+    rows = _bench("dpo_vs_trl.py", "--model", "tiny", "--batch", "4", "--steps", "3", "--repeats", "1", "--threads",
+                  "1", "--runners", runners, "--work", str(work))
+    runs, summary = {r["runner"]: r for r in rows[:-1]}, rows[-1]
+    assert summary["summary"] == "dpo_vs_trl" and set(runs) == set(runners.split(","))
+    return runs, summary["threads"]["1"]
+
+
+def test_dpo_bench_our_runners(dpo_work):
+    runs, summary = _dpo_bench(dpo_work, "drdo,drdo-drdo,drdo-bf16")
+    assert runs["drdo"]["losses"][0] == pytest.approx(0.6931472, abs=1e-6)  # policy = reference at step 1
+    assert all(len(r["losses"]) == 3 and len(r["step_cpu_s"]) == 2 and r["peak_rss_mb"] > 0 for r in runs.values())
+    rows = {t["what"]: t for t in summary["targets"]}
+    cost = rows["step time, drdo-drdo (DRDO) over drdo (DPO)"]
+    assert cost["target"] == "<= 1.05" and set(cost["met"]) == {"wall", "cpu"} and cost["cpu"] > 0
+    assert rows["tokens/s, drdo-bf16 over drdo"]["cpu"] > 0
+
+
+def test_dpo_bench_trl_runners(dpo_work):
+    """TRL's compact head scores exactly the completion tokens (as on a GPU), its full head every
+    position; both give our losses."""
+    pytest.importorskip("trl")
+    runs, summary = _dpo_bench(dpo_work, "drdo,trl,trl-compact,trl-bf16")
+    data = json.loads((dpo_work / "data-float32.json").read_text())["pairs"]
+    completions = sum(len(p["chosen_ids"]) + len(p["rejected_ids"]) for p in data)  # 12 pairs = 3 steps of 4
+    assert runs["trl-compact"]["head_positions_per_step"] == completions / 3
+    assert runs["trl"]["head_positions_per_step"] > 2 * completions / 3
+    rows = {t["what"]: t for t in summary["targets"]}
+    for trl in ("trl", "trl-compact"):
+        assert rows[f"max loss difference, drdo vs {trl} (float32)"]["value"] < 1e-5
+    assert rows["tokens/s, drdo over trl-compact"]["target"] == ">= 2.0"
+    assert rows["tokens/s, trl-bf16 over trl-compact"]["cpu"] > 0
+
+
+def test_generation_engines_bench(dpo_work):
+    rows = _bench("inference_speed.py", "--model-dir", str(dpo_work / "model"), "--data",
+                  str(dpo_work / "data-float32.json"), "--generation-only", "--n", "4", "--gen-batches", "4,8",
+                  "--max-new-tokens", "3", "--repeats", "1", "--temperatures", "0.5,0.9",
+                  "--gen-engines", "loop,hf,hf-static,hf-static-compiled", "--compile-backend", "eager")
+    summary = rows[-1]
+    engines = ("loop", "hf", "hf-static", "hf-static-compiled")
+    # a random base model never writes EOS: every row samples its 3 tokens, 4 prompts x 2 temperatures
+    assert {(r["engine"], r["batch"]): r["new_tokens"] for r in rows if "engine" in r} == {
+        (e, b): 24 for e in engines for b in (4, 8)}
+    assert set(summary["warmup_s"]) == {"generate_hf-static-compiled_batch4", "generate_hf-static-compiled_batch8"}
+    assert summary["summary"]["generate_loop_batch8/generate_hf-static-compiled_batch8"]["tokens_per_cpu_s_median"] > 0

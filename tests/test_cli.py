@@ -129,3 +129,20 @@ def test_every_model_running_stage_loads_with_the_configured_kernel(tmp_path, mo
     with pytest.raises(_Loaded):
         main([args[0], "--params", params, *args[1:]])
     assert seen == ["eager"]
+
+
+def test_a_torch_job_flushes_subnormals_on_every_thread():
+    # Subnormal floats are slow on x86 (a DRDO step whose focal gradient underflowed took 1.6x a
+    # DPO step); a job's process flushes them to zero on every intra-op thread, the ones torch
+    # starts later included. x * 1 of a subnormal x is 0 only where flushed; 2 threads split it.
+    code = ("import torch\n"
+            "from drdo import cli\n"
+            "seen = {}\n"
+            "def probe(a):\n"
+            "    seen['threads'] = torch.get_num_threads()\n"
+            "    seen['nonzero'] = int((torch.full((1 << 22,), 1e-39) * 1.0).count_nonzero())\n"
+            "cli.cmd_train = probe\n"
+            "cli.main(['--threads', '2', 'train', '--objective', 'dpo', '--init', 'i', '--data', 'd', '--out', 'o'],\n"
+            "         fresh_process=True)\n"
+            "assert seen == {'threads': 2, 'nonzero': 0}, seen\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

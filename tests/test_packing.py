@@ -167,7 +167,75 @@ def test_padding_rows_and_kernel_choice(tiny):
     assert ragged.input_ids.tolist() == [[1, 2, 3, 7], [1, 2, 0, 0]] and ragged.group[1, 2:].tolist() == [-1, -1]
     assert ragged.ntok.tolist() == [2, 1, 1]  # a sequence without targets counts 1, as in the padded path
     assert shares_prefixes(tiny)
-    assert attention_inputs(tiny, packed)["attention_mask"].dtype == torch.bool  # sdpa on CPU
+    # sdpa on CPU: the additive mask SDPA would make of the boolean one, in the compute dtype
+    mask = attention_inputs(tiny, packed)["attention_mask"]
+    assert mask.dtype == torch.float32 and torch.equal(mask == 0, dense_mask(packed))
+    assert torch.equal(mask[mask != 0], torch.full_like(mask[mask != 0], float("-inf")))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert attention_inputs(tiny, packed)["attention_mask"].dtype == torch.bfloat16
+
+
+def test_sdpa_layers_share_one_mask_and_compute_what_a_boolean_one_gives(tok, tiny, monkeypatch):
+    """SDPA makes an additive mask of a boolean one in every layer and saves each for the
+    backward; the packed path passes that additive mask, made once: one saved mask for all
+    layers, and the very same log-probs and gradients as with the boolean mask."""
+    groups = _random_pairs(len(tok), [(20, 7, 12), (9, 4, 1), (30, 2, 5)], seed=4)
+    packed = pack(groups, 0, 40)
+
+    def run():
+        tiny.zero_grad()
+        masks = set()
+
+        def keep(t):
+            if t.dim() == 4 and t.shape[1] == 1 and t.shape[-1] == t.shape[-2] == packed.input_ids.shape[1]:
+                masks.add(t.data_ptr())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+            logp, r = PackedForward(tiny)(packed, logps=True, rewards=True)
+        (logp.sum() + r.sum()).backward()
+        return logp.detach(), _grads(tiny), masks
+
+    logp, grads, masks = run()
+    assert len(masks) == 1  # tiny has 2 layers
+    from drdo import packing
+
+    made = packing.attention_inputs
+    monkeypatch.setattr(packing, "attention_inputs", lambda m, p: made(m, p) | {"attention_mask": dense_mask(p)})
+    bool_logp, bool_grads, bool_masks = run()
+    assert len(bool_masks) == 2  # what the boolean mask cost: one per layer
+    assert torch.equal(logp, bool_logp)
+    assert all(torch.equal(grads[k], bool_grads[k]) for k in grads)
+
+
+def test_long_rows_run_at_their_own_width(tok):
+    """A row of AUTO_ROW_CAP tokens or more is decoded at its own width (with the rows of that
+    width), the shorter rows together at their widest, and log-probs, rewards and gradients are
+    the padded path's."""
+    from drdo.packing import AUTO_ROW_CAP
+
+    model = LMWithRewardHead(tiny_llama(tok, {**ARCH, "max_position_embeddings": 1024}, seed=3), head_seed=0)
+    n = AUTO_ROW_CAP + 24
+    groups = _random_pairs(len(tok), [(n, 10, 10), (40, 5, 4), (n - 10, 9, 10), (n, 10, 10), (12, 3, 3)], seed=11)
+    packed = pack(groups, 0)
+    assert sorted((packed.group >= 0).sum(1).tolist()) == [67, n + 9, n + 20, n + 20]  # the short two share a row
+    with torch.no_grad():  # the LM head's one-time check against the model's own forward runs here
+        PackedForward(model)(packed, logps=True, rewards=False)
+    widths = []
+    hook = model.lm.get_decoder().register_forward_pre_hook(
+        lambda m, a, kw: widths.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
+    logp, r = PackedForward(model)(packed, logps=True, rewards=True)
+    hook.remove()
+    assert sorted(widths) == [(1, 67), (1, n + 9), (2, n + 20)]
+    (logp.sum() + r.sum()).backward()
+    grads = _grads(model)
+    model.zero_grad()
+    ref_logp, _, ref_r = padded(model, [s for g in groups for s in g])
+    torch.testing.assert_close(logp, ref_logp, **TOL)
+    torch.testing.assert_close(r, ref_r, **TOL)
+    (ref_logp.sum() + ref_r.sum()).backward()
+    for k, g in _grads(model).items():
+        torch.testing.assert_close(grads[k], g, rtol=1e-5, atol=max(1e-5 * g.abs().max().item(), 1e-6), msg=k)
 
 
 def test_eager_attention_takes_an_additive_mask(tok):

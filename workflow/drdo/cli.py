@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from . import gguf, gold, io
+from . import floatmode, gguf, gold, io
 from .data import loaders, splits
 from .winrates import judge_table, read_scores, winrate_table
 
@@ -522,6 +522,8 @@ def main(argv: list[str] | None = None, fresh_process: bool = False) -> int:
     a = _parser().parse_args(argv)
     if fresh_process:
         preload(a.stage)
+        if a.stage in TORCH_STAGES:  # before torch starts its threads, so each one inherits it
+            floatmode.flush_subnormals()
     if a.threads and a.stage in TORCH_STAGES:
         import torch
 

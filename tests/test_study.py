@@ -157,6 +157,9 @@ def test_cli_keeps_the_outcomes_and_recomputes_from_them(tmp_path):
     assert study.main([*args, "--outcomes", str(kept), "--out", str(tmp_path / "b" / "study.csv")]) == 0
     assert (tmp_path / "a" / "study.csv").read_text() == (tmp_path / "b" / "study.csv").read_text()
     assert not (tmp_path / "b" / "study_outcomes.parquet").exists()
+    # the outcomes file alone: the variants, their levels and the parameters come from its provenance
+    assert study.main(["--outcomes", str(kept), "--out", str(tmp_path / "c" / "study.csv")]) == 0
+    assert (tmp_path / "a" / "study.csv").read_text() == (tmp_path / "c" / "study.csv").read_text()
 
 
 # --------------------------------------------------------------------------- workflow (e2e)

@@ -17,7 +17,7 @@ with one world it is about that world alone: ``intervals.crossed_interval`` over
 shared prompts, or with one seed ``intervals.score_interval`` over prompts (as winrates.csv).
 
     python -m drdo.study --runs JSON --params JSON --out study.csv [--expect-lineage JSON]
-    python -m drdo.study --outcomes study_outcomes.parquet --runs JSON --params JSON --out study.csv
+    python -m drdo.study --outcomes study_outcomes.parquet --out study.csv [--params JSON]
 """
 
 from __future__ import annotations
@@ -178,8 +178,11 @@ def aggregate(runs: list[dict], params: dict, allp: pd.DataFrame | None = None) 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     ap = argparse.ArgumentParser(prog="drdo.study", description=__doc__.split("\n")[0])
-    ap.add_argument("--runs", type=json.loads, required=True, help="JSON list of runs (variant, levels, seeds, scores)")
-    ap.add_argument("--params", type=json.loads, required=True)
+    ap.add_argument("--runs", type=json.loads, default=None,
+                    help="JSON list of runs (variant, levels, seeds, scores); with --outcomes: the variants "
+                         "and levels its provenance records")
+    ap.add_argument("--params", type=json.loads, default=None,
+                    help="JSON study parameters; with --outcomes: by default those its provenance records")
     ap.add_argument("--expect-lineage", type=json.loads, default=None)
     ap.add_argument("--version-mismatch", choices=["error", "warn"], default="error")
     ap.add_argument("--outcomes", default=None,
@@ -193,12 +196,22 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out)
     if a.outcomes:
         allp, inputs = io.read_parquet(a.outcomes), {"outcomes": a.outcomes}
+        made = allp.attrs.get("provenance", {})
+        if a.params is None:
+            a.params = {k: v for k, v in made.get("config", {}).items() if k != "interval"}
+        if a.runs is None:
+            if "variants" not in made:
+                ap.error(f"{a.outcomes} records no variants (an older study): pass --runs")
+            a.runs = [{"variant": v, "levels": levels} for v, levels in made["variants"].items()]
+    elif a.runs is None or a.params is None:
+        ap.error("--runs and --params are required without --outcomes")
     else:
         allp = collect(a.runs, a.params)
         inputs = {f"{r['variant']}/s{r['world_seed']}-t{r['train_seed']}/{p}": f
                   for r in a.runs for p, f in r["scores"].items()}
     table, per_run = aggregate(a.runs, a.params, allp)
     prov = io.provenance("study", {**a.params, "interval": INTERVAL}, inputs)
+    prov["variants"] = {r["variant"]: r["levels"] for r in a.runs}  # what --outcomes needs besides params
     if not a.outcomes:
         io.write_parquet(allp, out.with_name("study_outcomes.parquet"), prov, compression="zstd")
     io.write_csv(per_run, out.with_name("study_runs.csv"), prov)

@@ -432,33 +432,31 @@ def markdown(result: dict) -> str:
     env = result["environment"]
     lines = [f"GPU check on {env['device_name']} ({env['date']}; torch {env['torch']}, transformers "
              f"{env['transformers']}): {result['passed']} of {result['checked']} correctness checks pass.", ""]
-    checks = [r for r in result["rows"] if r["part"] in ("stages", "kernels")]
-    if checks:
-        lines += ["| part | check | backend | largest difference | tolerance | pass |", "|---|---|---|---:|---:|---|"]
-        for r in checks:
-            value = "n/a" if r["value"] is None else f"{r['value']:.3g}"
-            detail = f" ({r['detail']})" if r.get("detail") else ""
-            tol = "" if r["tolerance"] is None else f"{r['tolerance']:g}"
-            lines.append(f"| {r['part']} | {r['check']}{detail} | {r['backend']} | {value} | {tol} | "
-                         f"{'yes' if r['pass'] else '**no**'} |")
-        lines.append("")
-    train = [r for r in result["rows"] if r["part"] == "train"]
-    if train:
-        lines += ["| model | method | layout | dtype | seq tokens/s | model TFLOP/s | MFU | peak GiB |",
-                  "|---|---|---|---|---:|---:|---:|---:|"]
-        for r in train:
-            mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
-            lines.append(f"| {r['model']} | {r['method']} | {r['layout']} | {r['dtype']} | {r['seq_tokens_per_s']:,.0f} | "
-                         f"{r['model_tflops_per_s']:.1f} | {mfu} | {r['peak_mem_gib']} |")
-        lines.append("")
-    gen = [r for r in result["rows"] if r["part"] == "generate"]
-    if gen:
-        lines += ["| model | generation | rows | prompt + new tokens | new tokens/s | warm-up s | peak GiB |",
-                  "|---|---|---:|---|---:|---:|---:|"]
-        for r in gen:
-            lines.append(f"| {r['model']} | {r['backend']} | {r['rows']} | {r['prompt_len']} + {r['new_tokens']} | "
-                         f"{r['new_tokens_per_s']:,.0f} | {r['warmup_s']} | {r['peak_mem_gib']} |")
-        lines.append("")
+
+    def table(header: str, align: str, cells: list[str]) -> None:
+        if cells:
+            lines.extend([header, align, *cells, ""])
+
+    def number(value, spec: str) -> str:
+        return "n/a" if value is None else format(value, spec)
+
+    def percent(value) -> str:
+        return "n/a" if value is None else f"{100 * value:.1f}%"
+
+    rows = result["rows"]
+    table("| part | check | backend | largest difference | tolerance | pass |", "|---|---|---|---:|---:|---|",
+          [f"| {r['part']} | {r['check']}{f' ({d})' if (d := r.get('detail')) else ''} | {r['backend']} | "
+           f"{number(r['value'], '.3g')} | {number(r['tolerance'], 'g')} | {'yes' if r['pass'] else '**no**'} |"
+           for r in rows if r["part"] in ("stages", "kernels")])
+    table("| model | method | layout | dtype | seq tokens/s | model TFLOP/s | MFU | peak GiB |",
+          "|---|---|---|---|---:|---:|---:|---:|",
+          [f"| {r['model']} | {r['method']} | {r['layout']} | {r['dtype']} | {r['seq_tokens_per_s']:,.0f} | "
+           f"{r['model_tflops_per_s']:.1f} | {percent(r['mfu'])} | "
+           f"{r['peak_mem_gib']} |" for r in rows if r["part"] == "train"])
+    table("| model | generation | rows | prompt + new tokens | new tokens/s | warm-up s | peak GiB |",
+          "|---|---|---:|---|---:|---:|---:|",
+          [f"| {r['model']} | {r['backend']} | {r['rows']} | {r['prompt_len']} + {r['new_tokens']} | "
+           f"{r['new_tokens_per_s']:,.0f} | {r['warmup_s']} | {r['peak_mem_gib']} |" for r in rows if r["part"] == "generate"])
     for s in result["skipped"]:
         lines.append(f"- skipped: {s}")
     return "\n".join(lines) + "\n"

@@ -157,3 +157,17 @@ def test_gpu_job_without_cuda_stops_unless_cpu_ranks(tmp_path):
     proc = subprocess.run([*cmd, "--cpu-ranks", *stage], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "usage:" in proc.stdout, proc.stderr
     assert "drdo.launch:" not in proc.stderr and "-m drdo --threads 1 generate --help" in proc.stderr
+
+
+def test_launch_skips_every_valued_option_of_drdo_to_find_the_stage():
+    """drdo.launch finds the stage as the first word that is no option or option value: every
+    top-level option of ``python -m drdo`` that takes a value must be in launch.VALUED."""
+    import argparse
+
+    from drdo import cli, launch
+
+    valued = {s for a in cli._parser()._actions if a.option_strings and a.nargs != 0
+              and not isinstance(a, argparse._SubParsersAction) for s in a.option_strings if s.startswith("--")}
+    assert valued == set(launch.VALUED)
+    args = ["--threads", "1", "--lineage", "x", "--expect-lineage", "{}", "--version-mismatch", "warn", "train", "--out", "o"]
+    assert launch._stage(args) == "train"

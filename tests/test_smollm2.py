@@ -151,12 +151,24 @@ def test_base_is_the_gguf_converted(workdir):
 
 @pytest.mark.e2e
 def test_a_changed_gguf_file_reruns_from_the_base(workdir):
+    """A re-downloaded GGUF re-runs from the base (Snakemake's mtime trigger); other bytes also
+    change the base's lineage (the file counts by content)."""
     assert test_workflow.planned_jobs(snakemake(workdir, "-n", f"{OUT}/winrates.csv", extra=model_override(workdir))) == {}
     path = workdir / "SmolLM2-135M-Instruct.gguf"
+
+    def base_job():
+        proc = snakemake(workdir, "-n", f"{OUT}/winrates.csv", extra=model_override(workdir))
+        jobs = test_workflow.planned_jobs(proc)
+        assert jobs["base_model"] == 1 and jobs["sft"] == 1 and jobs["align"] == 2 and jobs["winrates"] == 1
+        assert "synthetic_world" not in jobs and "normalise" not in jobs
+        return (proc.stdout + proc.stderr).split("rule base_model:")[1].split("\n\n")[0].lower()
+
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))  # as a re-download would
-    proc = snakemake(workdir, "-n", f"{OUT}/winrates.csv", extra=model_override(workdir))
-    jobs = test_workflow.planned_jobs(proc)
-    assert jobs["base_model"] == 1 and jobs["sft"] == 1 and jobs["align"] == 2 and jobs["winrates"] == 1
-    assert "synthetic_world" not in jobs and "normalise" not in jobs
-    base_job = (proc.stdout + proc.stderr).split("rule base_model:")[1].split("\n\n")[0]
-    assert "params" in base_job.lower(), base_job  # its lineage changed, not only the file's mtime
+    assert "params" not in base_job()  # the same bytes: the same lineage
+    size = path.stat().st_size
+    try:
+        with open(path, "ab") as fh:  # other weights (a dry run reads no further)
+            fh.write(b"\0")
+        assert "params" in base_job()  # its lineage changed, not only the file's mtime
+    finally:
+        os.truncate(path, size)

@@ -142,6 +142,8 @@ class InstructionJudge:
     def __init__(self, server):
         self.texts, self.lock = [], threading.Lock()
         server.expect_request("/v1/chat/completions", method="POST").respond_with_handler(self)
+        models = {"object": "list", "data": [{"id": "fake", "object": "model", "owned_by": "tests"}]}
+        server.expect_request("/v1/models", method="GET").respond_with_json(models)  # what it serves
 
     def __call__(self, request):
         text = request.get_json()["messages"][0]["content"]

@@ -31,7 +31,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-VALUED = ("--threads", "--lineage", "--expect-lineage")  # python -m drdo's options that take a value
+# python -m drdo's options that take a value (a test checks this against its parser)
+VALUED = ("--threads", "--lineage", "--expect-lineage", "--version-mismatch")
 # glibc's malloc returns large freed blocks to the OS at once (mmap above ~32 MB, trimming the
 # heap top), so a CPU job that allocates and frees the same large tensors every step (a KV cache
 # that grows by concatenation, activations) page-faults them in anew each time: generation spent

@@ -3,6 +3,7 @@ errors (fast), and a slice of config/smollm2.yaml through the real DAG (e2e, ~3 
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -163,7 +164,8 @@ def test_a_changed_gguf_file_reruns_from_the_base(workdir):
         assert "synthetic_world" not in jobs and "normalise" not in jobs
         return (proc.stdout + proc.stderr).split("rule base_model:")[1].split("\n\n")[0].lower()
 
-    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))  # as a re-download would
+    now = time.time_ns() + 10**9  # newer than every output, as a re-download would be
+    os.utime(path, ns=(now, now))
     assert "params" not in base_job()  # the same bytes: the same lineage
     size = path.stat().st_size
     try:

@@ -144,27 +144,30 @@ def study(table: pd.DataFrame, scorer: str, temperature: float) -> plt.Figure:
     t = t.assign(row=t["factor"] + " = " + t["level"])
     rows = list(dict.fromkeys(t.sort_values(["factor", "level"])["row"]))
     sets, splits = sorted(t["eval_set"].unique()), sorted(t["split"].unique())
-    fig, axes = plt.subplots(len(sets), len(pairs), figsize=(3.0 * len(pairs) + 1.5, 0.25 * len(rows) * len(sets) + 1.5),
+    panels = [(eval_set, pair) for eval_set in sets for pair in pairs]
+    ncol = min(len(pairs), 5)  # wrapped, so that a study of many methods stays readable
+    nrow = -(-len(panels) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.0 * ncol + 1.5, (0.25 * len(rows) + 0.9) * nrow + 0.8),
                              sharey=True, squeeze=False)
-    for i, eval_set in enumerate(sets):
-        for j, (a, b) in enumerate(pairs):
-            ax = axes[i][j]
-            for k, split in enumerate(splits):
-                g = t[(t["eval_set"] == eval_set) & (t["policy_a"] == a) & (t["policy_b"] == b) & (t["split"] == split)]
-                g = g.set_index("row").reindex(rows)
-                y = np.arange(len(rows)) + (k - (len(splits) - 1) / 2) * 0.25
-                ax.errorbar(g["mean"], y, xerr=[g["mean"] - g["ci_low"], g["ci_high"] - g["mean"]], fmt="none",
-                            lw=1, capsize=2, color=f"C{k}")
-                default = g["is_default"].fillna(False).astype(bool).to_numpy()
-                ax.scatter(g["mean"][default], y[default], s=18, color=f"C{k}", label=f"split {split}", zorder=3)
-                ax.scatter(g["mean"][~default], y[~default], s=18, facecolors="white", edgecolors=f"C{k}", zorder=3)
-            ax.axvline(0.5 if measure == "win_rate" else 0.0, color="k", lw=0.8, ls="--")
-            ax.set_xlim(0, 1)
-            ax.set_yticks(np.arange(len(rows)), rows)
-            ax.invert_yaxis()
-            what = f"{a} vs {b}" + (" (Oracle vs gold)" if measure == "disagreement" else f" by {scorer}")
-            ax.set_title(f"{eval_set}: {what}")
-    for ax in axes[-1]:
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (eval_set, (a, b)) in zip(axes.flat, panels):
+        for k, split in enumerate(splits):
+            g = t[(t["eval_set"] == eval_set) & (t["policy_a"] == a) & (t["policy_b"] == b) & (t["split"] == split)]
+            g = g.set_index("row").reindex(rows)
+            y = np.arange(len(rows)) + (k - (len(splits) - 1) / 2) * 0.25
+            ax.errorbar(g["mean"], y, xerr=[g["mean"] - g["ci_low"], g["ci_high"] - g["mean"]], fmt="none",
+                        lw=1, capsize=2, color=f"C{k}")
+            default = g["is_default"].fillna(False).astype(bool).to_numpy()
+            ax.scatter(g["mean"][default], y[default], s=18, color=f"C{k}", label=f"split {split}", zorder=3)
+            ax.scatter(g["mean"][~default], y[~default], s=18, facecolors="white", edgecolors=f"C{k}", zorder=3)
+        ax.axvline(0.5 if measure == "win_rate" else 0.0, color="k", lw=0.8, ls="--")
+        ax.set_xlim(0, 1)
+        ax.set_yticks(np.arange(len(rows)), rows)
+        ax.invert_yaxis()
+        what = f"{a} vs {b}" + (" (Oracle vs gold)" if measure == "disagreement" else f" by {scorer}")
+        ax.set_title(f"{eval_set}: {what}")
+    for ax in axes.flat[max(0, len(panels) - ncol):len(panels)]:
         ax.set_xlabel("disagreement rate" if measure == "disagreement" else "win-rate of A over B")
     axes[0][0].legend(fontsize=6, loc="lower left")
     fig.suptitle(f"T = {temp:g}; mean over worlds and seeds, 95% interval over worlds (study.csv); filled = default level")

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -160,6 +161,109 @@ def test_cli_keeps_the_outcomes_and_recomputes_from_them(tmp_path):
     # the outcomes file alone: the variants, their levels and the parameters come from its provenance
     assert study.main(["--outcomes", str(kept), "--out", str(tmp_path / "c" / "study.csv")]) == 0
     assert (tmp_path / "a" / "study.csv").read_text() == (tmp_path / "c" / "study.csv").read_text()
+
+
+def _unfinished_runs(tmp_path, drdo_finished=None):
+    """Two worlds x two variants whose prompts hold unfinished responses on either side (or both),
+    responses too long for the Oracle (on either side, unfinished or not), ties by score on both
+    scorers and identical texts (finished, unfinished)."""
+    nan = float("nan")  # prompts 0-9; 5 and 6: the same text from both
+    drdo_o = [1, 0, nan, nan, 1, 1e-6, 0.2, 0, nan, 0.3]
+    drdo_g = [0, 1, 1, 0, 1, 0, 0.5, 1, 0, 0]
+    dpo_o = [0, 1, 0, 0, 0, 0, 0.1, 0, nan, 0.1]
+    dpo_g = [0, 1, 0, 1, 0, 0, 0.7, 0, 0, 1]
+    texts = [f"drdo {i}" for i in range(10)]
+    texts[5], texts[6] = "same", "twin"
+    dpo_texts = [f"dpo {i}" for i in range(10)]
+    dpo_texts[5], dpo_texts[6] = "same", "twin"
+    fin_drdo = drdo_finished or [False, True, False, True, False, True, False, True, False, True]
+    fin_dpo = [True, False, True, True, False, True, False, False, True, True]
+    files = _files(tmp_path, {
+        "sft": _scores("sft", "-", [0, 0, 5, 0, nan, 0, 0, 1, 0, 0], [0.25] * 10, temps=(0.7, 1.0),
+                       finished=[True, False, True, True, True, False, True, True, True, True]),
+        "reference": _scores("reference", "-", [9, nan, 9, 0, 9, 9, 0, 9, 9, 9], [9, 9, 9, 0, 9, 9, 0, 9, 9, 9]),
+        "drdo-all": _scores("drdo", "all", drdo_o, drdo_g, temps=(0.7, 1.0), texts=texts,
+                            finished=fin_drdo),
+        "drdo-g0": _scores("drdo", "all", [1] * 10, [1, 0, 0, 1, 1, 1, 1, 1, 1, 1], temps=(0.7, 1.0),
+                           finished=[False, False, True, True, True, True, True, True, True, True]),
+        "dpo-all": _scores("dpo", "all", dpo_o, dpo_g, temps=(0.7, 1.0), texts=dpo_texts, finished=fin_dpo)})
+    base = {p: files[p] for p in ("sft", "reference", "drdo-all", "dpo-all")}
+    runs = [{"variant": "default", "levels": {}, "world_seed": s, "train_seed": 0, "world": f"s{s}", "scores": base}
+            for s in (0, 1)]
+    runs += [{"variant": "gamma=0.0", "levels": {"gamma": 0.0}, "world_seed": s, "train_seed": 0, "world": f"s{s}",
+              "scores": {**base, "drdo-all": files["drdo-g0"]}} for s in (0, 1)]
+    return runs
+
+
+def test_unfinished_rule_recounted_from_as_scored_outcomes(tmp_path):
+    """--unfinished loss / drop on as_scored outcomes gives what the score files give under that rule."""
+    runs = _unfinished_runs(tmp_path)
+    scored = study.collect(runs, PARAMS)
+    nan = float("nan")
+    for rule, oracle, gold in [
+        # identical texts tie (5, 6: unless dropped); too long (2, 3, 8) is NaN unless the rule decides it
+        ("as_scored", [1, 0, nan, nan, 1, 0.5, 0.5, 0.5, nan, 1], [0.5, 0.5, 1, 0, 1, 0.5, 0.5, 1, 0.5, 0]),
+        ("loss", [0, 1, 0, nan, 0.5, 0.5, 0.5, 1, 0, 1], [0, 1, 0, 0, 0.5, 0.5, 0.5, 1, 0, 0]),
+        ("drop", [nan, nan, nan, nan, nan, 0.5, nan, nan, nan, 1], [nan, nan, nan, 0, nan, 0.5, nan, nan, nan, 0]),
+    ]:
+        params = {**PARAMS, "unfinished": rule}
+        direct = study.collect(runs, params)
+        again = study.reapply_unfinished(scored, PARAMS["scorers"], "as_scored", rule)
+        pd.testing.assert_frame_equal(again, direct)
+        d = again[(again["variant"] == "default") & (again["world_seed"] == 0) & (again["policy_a"] == "drdo")
+                  & (again["policy_b"] == "dpo") & (again["temperature"] == 0.7)].sort_values("prompt_id")
+        np.testing.assert_array_equal(d["oracle"], oracle, err_msg=rule)
+        np.testing.assert_array_equal(d["gold"], gold, err_msg=rule)
+        np.testing.assert_array_equal(d["disagreement"], np.abs(np.array(oracle) - np.array(gold)), err_msg=rule)
+        for c in ("oracle", "gold", "disagreement"):  # every comparison, not only the one spelled out
+            assert (again[c].isna() == direct[c].isna()).all()
+        if rule != "as_scored":
+            assert not again["oracle"].equals(scored["oracle"]) and not again["gold"].equals(scored["gold"])
+        # and the tables: from the score files, and from the as_scored outcomes on the command line
+        table, _ = study.aggregate(runs, params)
+        pd.testing.assert_frame_equal(study.aggregate([{**r, "scores": {}} for r in runs], params, again)[0], table)
+        a, b = tmp_path / f"{rule}-files", tmp_path / f"{rule}-outcomes"
+        assert study.main(["--runs", json.dumps(runs), "--params", json.dumps(PARAMS), "--unfinished", rule,
+                           "--out", str(a / "study.csv")]) == 0
+        if rule == "as_scored":
+            kept = a / "study_outcomes.parquet"
+            plain = (a / "study.csv").read_text()
+        assert study.main(["--outcomes", str(kept), "--unfinished", rule, "--out", str(b / "study.csv")]) == 0
+        for name in ("study.csv", "study_runs.csv"):
+            assert (b / name).read_text() == (a / name).read_text(), (rule, name)
+        for made in (a, b):  # the rule is in the tables' provenance
+            assert io.read_provenance(made / "study.csv")["config"]["unfinished"] == rule
+            assert io.read_provenance(made / "study_runs.csv")["config"]["unfinished"] == rule
+        assert ((b / "study.csv").read_text() == plain) == (rule == "as_scored")
+    # the same rule is no change at all: the same table and provenance as without --unfinished
+    assert study.main(["--outcomes", str(kept), "--out", str(tmp_path / "plain" / "study.csv")]) == 0
+    assert (tmp_path / "plain" / "study.csv").read_text() == plain
+    assert (io.read_provenance(tmp_path / "plain" / "study.csv")["config"]
+            == io.read_provenance(tmp_path / "as_scored-outcomes" / "study.csv")["config"])
+
+
+def test_unfinished_rule_refuses_what_the_outcomes_cannot_tell(tmp_path):
+    runs = _unfinished_runs(tmp_path)
+    lost = tmp_path / "loss"
+    params = {**PARAMS, "unfinished": "loss"}
+    assert study.main(["--runs", json.dumps(runs), "--params", json.dumps(params),
+                       "--out", str(lost / "study.csv")]) == 0
+    kept = lost / "study_outcomes.parquet"
+    for rule in ("as_scored", "drop"):  # the outcomes of the unfinished responses are gone
+        with pytest.raises(ValueError, match=rf"{re.escape(str(kept))} .*unfinished='loss'.*'as_scored'"):
+            study.main(["--outcomes", str(kept), "--unfinished", rule, "--out", str(tmp_path / rule / "study.csv")])
+        assert not (tmp_path / rule / "study.csv").exists()
+    assert study.main(["--outcomes", str(kept), "--unfinished", "loss",
+                       "--out", str(tmp_path / "same" / "study.csv")]) == 0
+    assert (tmp_path / "same" / "study.csv").read_text() == (lost / "study.csv").read_text()
+    # one unfinished response whose text is the other's (prompt 6: a tie under every rule) reads
+    # like two texts that tie (a loss): loss cannot be recounted, drop can
+    runs = _unfinished_runs(tmp_path / "twin", drdo_finished=[True] * 10)
+    scored = study.collect(runs, PARAMS)
+    with pytest.raises(ValueError, match=r"4 prompts with one unfinished response tie by every scorer"):
+        study.reapply_unfinished(scored, PARAMS["scorers"], "as_scored", "loss")
+    pd.testing.assert_frame_equal(study.reapply_unfinished(scored, PARAMS["scorers"], "as_scored", "drop"),
+                                  study.collect(runs, {**PARAMS, "unfinished": "drop"}))
 
 
 # --------------------------------------------------------------------------- workflow (e2e)

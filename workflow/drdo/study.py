@@ -6,7 +6,8 @@ A vs B is 1 / 0.5 / 0 (win / tie / loss) by each scorer, by the rules of ``drdo.
 unfinished responses by ``winrates.unfinished``); the Oracle-vs-gold disagreement of a prompt
 is |outcome by Oracle - outcome by gold| (1 when they pick different winners, 0.5 when one of
 them calls a tie). These per-prompt outcomes are kept (``study_outcomes.parquet``), so every
-number of the table can be recomputed from them (``summarise``) without training anything.
+number of the table can be recomputed from them (``summarise``) without training anything;
+outcomes kept under ``as_scored`` can be recounted under ``loss`` or ``drop`` (``reapply_unfinished``).
 
 A run's value is the mean over its prompts, a world's the mean over its runs, and a
 variant's the mean over its worlds: the estimate of the mean over the population of worlds,
@@ -18,6 +19,7 @@ shared prompts, or with one seed ``intervals.score_interval`` over prompts (as w
 
     python -m drdo.study --runs JSON --params JSON --out study.csv [--expect-lineage JSON]
     python -m drdo.study --outcomes study_outcomes.parquet --out study.csv [--params JSON]
+                         [--unfinished {as_scored,loss,drop}]
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import pandas as pd
 
 from . import io
 from .intervals import crossed_interval, score_interval, world_interval
-from .winrates import comparisons, outcomes, pair_frame, read_scores
+from .winrates import UNFINISHED, comparisons, outcomes, pair_frame, read_scores
 
 log = logging.getLogger("drdo.study")
 
@@ -63,12 +65,53 @@ def run_outcomes(scores: pd.DataFrame, methods: list[str], splits: list[str], sc
             out = m[["eval_set", "prompt_id", "temperature"]].assign(split=split, policy_a=a, policy_b=b)
             for s in scorers:
                 out[s] = outcomes(m, s, unfinished)
-            if {"oracle", "gold"} <= set(scorers):
-                out["disagreement"] = np.abs(out["oracle"] - out["gold"])
+            _disagreement(out, scorers)
             out["unfinished_a"] = ~m["finished_a"].to_numpy(dtype=bool)
             out["unfinished_b"] = ~m["finished_b"].to_numpy(dtype=bool)
             frames.append(out)
     return pd.concat(frames, ignore_index=True)
+
+
+def _disagreement(out: pd.DataFrame, scorers: list[str]) -> None:
+    """Set ``out["disagreement"]`` from its Oracle and gold outcomes (when both scorers are there)."""
+    if {"oracle", "gold"} <= set(scorers):
+        out["disagreement"] = np.abs(out["oracle"] - out["gold"])
+
+
+def reapply_unfinished(allp: pd.DataFrame, scorers: list[str], stored: str, unfinished: str,
+                       source: str = "the outcomes") -> pd.DataFrame:
+    """Per-prompt outcomes ``allp`` (``collect``'s, made under the rule ``stored``) as ``collect``
+    would make them under the rule ``unfinished``, without the score files.
+
+    Only ``as_scored`` outcomes can be recounted (``loss`` and ``drop`` lose the outcomes of the
+    prompts with an unfinished response). ``winrates.outcomes`` applies the rule to a pair frame
+    that gives back the stored outcomes (A scores the outcome, B 0.5) and the unfinished flags.
+    The outcomes do not say which prompts had identical texts (a tie under every rule); those tie
+    by every scorer, and the rules count them as two texts that tie by every scorer, except
+    ``loss`` where one of them is unfinished: such prompts, if any, are refused."""
+    if unfinished not in UNFINISHED:
+        raise ValueError(f"unfinished must be one of {UNFINISHED}, got {unfinished!r}")
+    if unfinished == stored:
+        return allp
+    if stored != "as_scored":
+        raise ValueError(f"{source} holds outcomes counted with unfinished={stored!r}: only outcomes counted "
+                         f"'as_scored' can be recounted as {unfinished!r}; rebuild the study from its score files")
+    vals = allp[scorers].to_numpy(dtype=float)
+    if not np.isin(vals[~np.isnan(vals)], (0.0, 0.5, 1.0)).all():
+        raise ValueError(f"{source}: outcomes other than 0, 0.5, 1 or NaN in {scorers}")
+    unf_a, unf_b = allp["unfinished_a"].to_numpy(dtype=bool), allp["unfinished_b"].to_numpy(dtype=bool)
+    if unfinished == "loss" and (unknown := (vals == 0.5).all(axis=1) & (unf_a != unf_b)).any():
+        raise ValueError(f"{source}: {int(unknown.sum())} prompts with one unfinished response tie by every scorer "
+                         f"({', '.join(scorers)}); the outcomes cannot tell identical texts (a tie) from different "
+                         f"texts that tie (a loss under 'loss'): rebuild the study from its score files")
+    pairs = pd.DataFrame({"finished_a": ~unf_a, "finished_b": ~unf_b, "response_a": "a", "response_b": "b",
+                          **{f"{s}_a": vals[:, k] for k, s in enumerate(scorers)},
+                          **{f"{s}_b": np.full(len(allp), 0.5) for s in scorers}})
+    out = allp.copy()
+    for s in scorers:
+        out[s] = outcomes(pairs, s, unfinished)
+    _disagreement(out, scorers)
+    return out
 
 
 def measures(scorers: list[str]) -> list[tuple[str, str, str]]:
@@ -187,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--version-mismatch", choices=["error", "warn"], default="error")
     ap.add_argument("--outcomes", default=None,
                     help="recompute from this study_outcomes.parquet instead of reading the score files")
+    ap.add_argument("--unfinished", choices=UNFINISHED, default=None,
+                    help="count unfinished responses by this rule (winrates.unfinished) instead of the parameters'; "
+                         "with --outcomes, recounted from outcomes counted as_scored")
     ap.add_argument("--out", required=True,
                     help="study.csv; the per-run values (study_runs.csv) and, from score files, the per-prompt "
                          "outcomes (study_outcomes.parquet) go beside it")
@@ -203,9 +249,17 @@ def main(argv: list[str] | None = None) -> int:
             if "variants" not in made:
                 ap.error(f"{a.outcomes} records no variants (an older study): pass --runs")
             a.runs = [{"variant": v, "levels": levels} for v, levels in made["variants"].items()]
+        if a.unfinished is not None:
+            if "unfinished" not in made.get("config", {}):
+                ap.error(f"{a.outcomes} records no unfinished rule: it cannot be recounted with --unfinished")
+            allp = reapply_unfinished(allp, a.params["scorers"], made["config"]["unfinished"], a.unfinished,
+                                      a.outcomes)
+            a.params = {**a.params, "unfinished": a.unfinished}
     elif a.runs is None or a.params is None:
         ap.error("--runs and --params are required without --outcomes")
     else:
+        if a.unfinished is not None:
+            a.params = {**a.params, "unfinished": a.unfinished}
         allp = collect(a.runs, a.params)
         inputs = {f"{r['variant']}/s{r['world_seed']}-t{r['train_seed']}/{p}": f
                   for r in a.runs for p, f in r["scores"].items()}

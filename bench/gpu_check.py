@@ -61,7 +61,7 @@ SHAPES = {
 # Losses relative to their size; log-probs per response token (a sum over 48 tokens carries 48
 # roundings); rewards relative to their root mean square (the detail column also gives the error
 # relative to the rewards' spread over responses, which is what DRDO distils); kernel: packed against
-# padded in the same dtype, absolute. bf16 keeps 8 bits of mantissa (0.4-0.8% per rounding) and every
+# padded in the same dtype, a sequence's log-prob relative to its size (at least 1), rewards absolute. bf16 keeps 8 bits of mantissa (0.4-0.8% per rounding) and every
 # layer rounds again, so 5% admits rounding and still catches a wrong kernel, dtype or position
 # encoding, whose errors are of the order of the values themselves.
 TOL = {
@@ -269,12 +269,16 @@ def check_kernels(work: Path, device_name: str) -> list[dict]:
                     b = {k: v.to(device) for k, v in pad_batch(flat, tok.pad_token_id).items()}
                     logits, ref_reward = model(b["input_ids"], b["attention_mask"])
                     ref_logp, _ = response_logps(logits, b["input_ids"], b["loss_mask"])
-                d_logp = float((logp.float() - ref_logp.float()).abs().max())
+                diff = (logp.float() - ref_logp.float()).abs()
+                d_logp = float(diff.max())
+                # a sequence's log-prob sums its response tokens': fp32 rounding grows with its size
+                d_rel = float((diff / ref_logp.float().abs().clamp(min=1)).max())
                 d_rew = float((reward.float() - ref_reward.float()).abs().max())
                 tol = TOL[dtype]
                 rows.append({"part": "kernels", "check": f"packed vs padded, {impl}", "backend": f"{device.type}-{dtype}",
-                             "value": max(d_logp, d_rew), "detail": f"log-prob {d_logp:.2e}, reward {d_rew:.2e}",
-                             "tolerance": tol["kernel"], "pass": max(d_logp, d_rew) <= tol["kernel"]})
+                             "value": max(d_rel, d_rew),
+                             "detail": f"log-prob {d_logp:.2e} ({d_rel:.1e} of its size), reward {d_rew:.2e}",
+                             "tolerance": tol["kernel"], "pass": max(d_rel, d_rew) <= tol["kernel"]})
             except Exception as e:  # noqa: BLE001 - a kernel that does not load is reported, not fatal
                 rows.append({"part": "kernels", "check": f"packed vs padded, {impl}", "backend": f"{device.type}-{dtype}",
                              "value": None, "detail": f"{type(e).__name__}: {str(e)[:160]}", "tolerance": None,

@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -85,11 +86,10 @@ class Packed:
 
 def _common_prefix(seqs: list[list[int]]) -> int:
     """Length of the token prefix all of ``seqs`` share."""
-    n = 0
-    for column in zip(*seqs):
-        if any(x != column[0] for x in column):
-            break
-        n += 1
+    first, n = seqs[0], min(len(s) for s in seqs)
+    for other in seqs[1:]:
+        if other[:n] != first[:n]:  # compared in C; the position only where they differ
+            n = int(np.flatnonzero(np.asarray(first[:n]) != np.asarray(other[:n]))[0])
     return n
 
 
@@ -131,44 +131,37 @@ def pack(groups: list[list[Encoded]], pad_id: int, budget: int = 0, share_prefix
         rows[r].append(g)
         fill[r] += len(tokens)
     width = max(fill)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    pos = torch.zeros((len(rows), width), dtype=torch.long)
-    grp = torch.full((len(rows), width), -1, dtype=torch.long)
-    br = torch.zeros((len(rows), width), dtype=torch.long)
-    pred, target, tseq = [], [], []
-    seq_of_group, n = [], 0
-    for seqs in groups:
-        seq_of_group.append(n)
-        n += len(seqs)
-    last = [0] * n
-    ntok = [0] * n
-    sgroup, sbranch = [0] * n, [0] * n
+    first_seq = np.cumsum([0] + [len(seqs) for seqs in groups])  # sequence numbers: in the order given
+    n = int(first_seq[-1])
+    size = len(rows) * width
+    ids, pos = np.full(size, pad_id, dtype=np.int64), np.zeros(size, dtype=np.int64)
+    grp, br = np.full(size, -1, dtype=np.int64), np.zeros(size, dtype=np.int64)
+    last, ntok, sgroup, sbranch = (np.zeros(n, dtype=np.int64) for _ in range(4))
+    pred, target, tseq = [], [], []  # response tokens in row order
     for r, members in enumerate(rows):
-        offset = 0
+        base = r * width
         for g in members:
             tokens, branch, maps = layouts[g]
-            span = slice(offset, offset + len(tokens))
-            ids[r, span] = torch.tensor(tokens)
-            grp[r, span] = g
-            br[r, span] = torch.tensor(branch)
+            span = slice(base, base + len(tokens))
+            ids[span], grp[span], br[span] = tokens, g, branch
             for j, (seq, slots) in enumerate(zip(groups[g], maps)):
-                s = seq_of_group[g] + j
+                s = first_seq[g] + j
+                flat = base + np.asarray(slots, dtype=np.int64)
+                pos[flat] = np.arange(len(flat))
+                # logits at t-1 predict token t (as response_logps)
+                response = np.flatnonzero(np.asarray(seq.loss_mask[1:len(flat)], dtype=bool)) + 1
+                pred.append(flat[response - 1])
+                target.append(np.asarray(seq.input_ids, dtype=np.int64)[response])
+                tseq.append(np.full(len(response), s, dtype=np.int64))
+                last[s], ntok[s] = flat[-1], max(len(response), 1)
                 sgroup[s], sbranch[s] = g, SHARED if len(groups[g]) == 1 else CHOSEN + j
-                flat = [r * width + offset + i for i in slots]
-                pos.view(-1)[flat] = torch.arange(len(slots))
-                last[s] = flat[-1]
-                count = 0
-                for t in range(1, len(slots)):  # logits at t-1 predict token t (as response_logps)
-                    if seq.loss_mask[t]:
-                        pred.append(flat[t - 1])
-                        target.append(seq.input_ids[t])
-                        tseq.append(s)
-                        count += 1
-                ntok[s] = max(count, 1)
-            offset += len(tokens)
-    as_long = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
-    return Packed(ids, pos, grp, br, as_long(pred), as_long(target), as_long(tseq), as_long(last),
-                  as_long(ntok), len(target), as_long(sgroup), as_long(sbranch))
+            base += len(tokens)
+    as_long = lambda x: torch.from_numpy(np.asarray(x, dtype=np.int64))  # noqa: E731
+    cat = lambda xs: as_long(np.concatenate(xs) if xs else [])  # noqa: E731
+    shape = (len(rows), width)
+    return Packed(as_long(ids).view(shape), as_long(pos).view(shape), as_long(grp).view(shape),
+                  as_long(br).view(shape), cat(pred), cat(target), cat(tseq), as_long(last), as_long(ntok),
+                  sum(len(t) for t in target), as_long(sgroup), as_long(sbranch))
 
 
 def whole_sequences(packed: Packed) -> Packed:

@@ -37,7 +37,8 @@ Every worker flushes subnormal floats to zero before torch starts its threads, a
 jobs do (``drdo.floatmode``). Step time is the interval between consecutive optimizer steps after
 the first (steady state), in wall time and in the worker's CPU time; tokens/s counts the real
 tokens of the pairs (prompt + response, chosen and rejected), the same for every runner. Peak
-memory is the worker process's peak RSS, and its increase over the RSS just before training.
+memory is the worker process's peak RSS, and its increase over the RSS as training starts (libraries
+imported, model and data loaded: what training itself adds).
 Prints one JSON line per run, then a summary line: per thread count, each runner's figures and
 each ratio with its target (``targets``; ratios of medians over repeats, per wall and per CPU
 second).
@@ -66,9 +67,12 @@ RUNNERS = {"drdo": ("ours", "dpo", False, None), "drdo-drdo": ("ours", "drdo", F
            "trl-compact": ("trl", "dpo", False, "compact"), "trl-bf16": ("trl", "dpo", True, "compact")}
 BASELINE = "trl-compact"  # what the targets compare against: TRL as it runs on a GPU
 TOKENS_TARGET = {"tiny": 2.0, "smollm2": 1.6}  # tokens/s over the baseline's, at least
-MEMORY_TARGET = {"smollm2": 0.6}  # peak memory over the baseline's, at most (tiny: libraries' footprint, no target)
+MEMORY_TARGET = 0.6  # memory over the baseline's, at most: on CPU judged on the peak RSS and on training's increase
 LOSS_TARGET = 1e-6  # largest difference of a step's loss from the baseline's (float32), at most
 DRDO_COST_TARGET = 1.05  # DRDO step time over DPO step time on our trainer, at most
+
+
+_TRAIN_START_RSS: list[float] = []  # RSS as training starts: libraries imported, model and data loaded
 
 
 def _rss_mb() -> float:
@@ -199,6 +203,7 @@ def _run_drdo(work: Path, data: dict, args, objective_name: str, bf16: bool = Fa
                       max_grad_norm=1.0, seed=0, gradient_checkpointing=args.checkpointing,
                       dtype="bfloat16" if bf16 else "float32")
     torch.manual_seed(0)
+    _TRAIN_START_RSS.append(_rss_mb())
     history = train(model, examples, timed, cfg, data["pad_id"])
     return [h["loss"] for h in history], stamps
 
@@ -289,6 +294,9 @@ def _run_trl(work: Path, data: dict, args, head: str, bf16: bool = False) -> tup
     stamps = []
 
     class Stamp(TrainerCallback):
+        def on_train_begin(self, *a, **k):
+            _TRAIN_START_RSS.append(_rss_mb())
+
         def on_step_end(self, *a, **k):
             stamps.append(_stamp())
 
@@ -320,7 +328,6 @@ def worker(args) -> None:
         torch.set_default_dtype(torch.float64)
     work = Path(args.work)
     data = json.loads(data_file(work, args.dtype).read_text())
-    rss0 = _rss_mb()
     trainer, objective, bf16, head = RUNNERS[args.runner]
     if trainer == "trl":
         losses, stamps = _run_trl(work, data, args, head, bf16)
@@ -339,7 +346,7 @@ def worker(args) -> None:
     print(json.dumps({"runner": args.runner, "losses": losses, "step_s": times, "step_cpu_s": cpu,
                       "tokens_per_s": statistics.mean(per_step[1:]) / statistics.median(times),
                       "tokens_per_cpu_s": statistics.mean(per_step[1:]) / statistics.median(cpu),
-                      "peak_rss_mb": round(peak), "train_rss_increase_mb": round(peak - rss0), **gpu,
+                      "peak_rss_mb": round(peak), "train_rss_increase_mb": round(peak - _TRAIN_START_RSS[0]), **gpu,
                       **({"head_positions_per_step": sum(head_rows) / args.steps} if head_rows else {})}), flush=True)
 
 
@@ -380,11 +387,16 @@ def summarise(results: dict[str, list[dict]], model: str, dtype: str, memory: st
             on_target = trl == BASELINE and dtype == "float32"
             speed(f"tokens/s, drdo over {trl}", "drdo", trl, TOKENS_TARGET[model] if on_target else None)
             mem = _ratio(out["drdo"], out[trl], memory)
+            increase = out["drdo"]["train_rss_increase_mb"] / max(out[trl]["train_rss_increase_mb"], 1)
             row = {"what": f"{memory}, drdo over {trl}", "ratio": round(mem, 3),
-                   "train_rss_increase_ratio": round(out["drdo"]["train_rss_increase_mb"]
-                                                     / max(out[trl]["train_rss_increase_mb"], 1), 3)}
-            if on_target and model in MEMORY_TARGET:
-                row |= {"target": f"<= {MEMORY_TARGET[model]}", "met": mem <= MEMORY_TARGET[model]}
+                   "train_rss_increase_ratio": round(increase, 3)}
+            if on_target:
+                # A CPU process's peak RSS includes the libraries it imported (~420-480 MB here), which
+                # training does not change; its increase from the start of training is what a GPU's
+                # memory figure counts. Both are judged.
+                met = mem <= MEMORY_TARGET if memory != "peak_rss_mb" else {
+                    "peak": mem <= MEMORY_TARGET, "train_increase": increase <= MEMORY_TARGET}
+                row |= {"target": f"<= {MEMORY_TARGET}", "met": met}
             targets.append(row)
             diff = max(abs(a - b) for a, b in zip(results["drdo"][0]["losses"], results[trl][0]["losses"]))
             row = {"what": f"max loss difference, drdo vs {trl} ({dtype})", "value": diff,

@@ -111,6 +111,9 @@ def test_dpo_bench_trl_runners(dpo_work):
     for trl in ("trl", "trl-compact"):
         assert rows[f"max loss difference, drdo vs {trl} (float32)"]["value"] < 1e-5
     assert rows["tokens/s, drdo over trl-compact"]["target"] == ">= 2.0"
+    memory = rows["peak_rss_mb, drdo over trl-compact"]  # judged on the peak and on training's own increase
+    assert memory["target"] == "<= 0.6" and set(memory["met"]) == {"peak", "train_increase"}
+    assert 0 < memory["train_rss_increase_ratio"] and "target" not in rows["peak_rss_mb, drdo over trl"]
     assert rows["tokens/s, trl-bf16 over trl-compact"]["cpu"] > 0
 
 

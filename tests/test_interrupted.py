@@ -104,7 +104,7 @@ def test_resume_state_of_another_lineage_is_not_continued(world, tmp_path, monke
     import drdo.trainer
 
     with monkeypatch.context() as m:  # a state left behind, as by a job killed after its step-4 save
-        m.setattr(drdo.trainer, "_remove_resume", lambda path: None)
+        m.setattr(drdo.trainer, "remove_resume", lambda path: None)
         ss.run(_dpo_args(world, tmp_path / "old" / "dpo-all", "lineage-before-the-fix"))
     assert (tmp_path / "old" / ".resume" / RESUME_META).exists()
     out = tmp_path / "old" / "dpo-all-fixed"
@@ -114,6 +114,29 @@ def test_resume_state_of_another_lineage_is_not_continued(world, tmp_path, monke
     fresh = tmp_path / "fresh" / "dpo-all-fixed"
     ss.run(_dpo_args(world, fresh, "lineage-after-the-fix"))
     assert ss.files_of(out) == ss.files_of(fresh)
+
+
+def test_a_job_failing_after_training_keeps_its_resume_state(world, tmp_path, monkeypatch, caplog):
+    """Training done, the model's save fails (a full disk): no model, the state of the last saved
+    step kept; the rerun continues from it and writes what an unbroken run writes."""
+    import drdo.cli
+
+    def disk_full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    out = tmp_path / "run" / "dpo-all"
+    with monkeypatch.context() as m:
+        m.setattr(drdo.cli, "_save_checkpoint", disk_full)
+        with pytest.raises(OSError, match="No space left"):
+            ss.run(_dpo_args(world, out, "x"))
+    assert not out.exists()
+    assert json.loads((out.parent / ".resume" / RESUME_META).read_text())["step"] == 4  # of 6, saved every 2
+    with caplog.at_level(logging.INFO, logger="drdo"):
+        ss.run(_dpo_args(world, out, "x"))
+    assert "resuming at step 4/6" in caplog.text and not (out.parent / ".resume").exists()
+    whole = tmp_path / "whole" / "dpo-all"
+    ss.run(_dpo_args(world, whole, "x"))
+    assert ss.files_of(out) == ss.files_of(whole)
 
 
 # --------------------------------------------------------------------------- non-finite training

@@ -106,7 +106,7 @@ def test_resume_after_crash_is_exact(tok, pairs, uninterrupted, crashed_state, t
                     resume_path=resume, run_key=RUN_KEY)
     assert len(history) == 6
     assert [h["step"] for h in history] == [1, 2, 3, 4, 5, 6]
-    assert not resume.exists()
+    assert json.loads((resume / RESUME_META).read_text())["step"] == 4  # kept until the job writes its model
     _assert_same_params(ref_model, model)
     for h, r in zip(history, ref_history):
         assert h.keys() == r.keys()
@@ -118,11 +118,12 @@ def test_resume_state_of_another_run_is_ignored(tok, pairs, uninterrupted, crash
     ref_model, _ = uninterrupted
     resume = tmp_path / "drdo"
     shutil.copytree(crashed_state, resume)  # saved under RUN_KEY; this run has another key
+    meta = json.loads((resume / RESUME_META).read_text())
     model = _student(tok)
     history = train(model, pairs, objectives.build("drdo", DRDO_PARAMS), CFG, tok.pad_token_id,
                     resume_path=resume, run_key={**RUN_KEY, "seed_of_something_else": 1})
     assert [h["step"] for h in history] == [1, 2, 3, 4, 5, 6]  # started from step 0
-    assert not resume.exists()
+    assert json.loads((resume / RESUME_META).read_text())["key"] != meta["key"]  # this run's own saves
     _assert_same_params(ref_model, model)  # the run key itself does not change training
 
 

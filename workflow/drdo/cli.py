@@ -177,6 +177,7 @@ def cmd_split(a) -> None:
 def cmd_train(a) -> None:
     from . import objectives
     from .modeling import LMWithRewardHead, cast_parameters, load_causal_lm, load_tokenizer, pretrained_kwargs
+    from . import trainer
     from .trainer import TrainConfig, evaluate, make_accelerator, train
 
     p = a.params
@@ -228,6 +229,7 @@ def cmd_train(a) -> None:
     prov = {**io.provenance(f"train/{a.objective}", p, inputs), "validation": val,
             "train_examples": len(train_ex), "save_dtype": cfg.save_dtype}
     _save_checkpoint(cast_parameters(model, cfg.save_dtype), tokenizer, a.out, prov, metrics=pd.DataFrame(history))
+    trainer.remove_resume(a.resume)  # only now: until the model is written, the last saved step is work kept
 
 
 def _examples(df: pd.DataFrame, tokenizer, objective, p: dict) -> list["Example"]:

@@ -264,7 +264,12 @@ def _nonfinite(acc: Accelerator, bad_loss: torch.Tensor, grad_norm) -> bool:
     return bool(acc.reduce(flags, "sum").item() > 0)
 
 
-def _remove_resume(path: Path) -> None:
+def remove_resume(path: str | os.PathLike | None) -> None:
+    """Delete a job's resume state; the job calls it once its model is written, not when training
+    ends, so a job failing in its final evaluation or save resumes from its last saved step."""
+    if not path:
+        return
+    path = Path(path)
     for p in (path, _sibling(path, ".tmp"), _sibling(path, ".old")):
         shutil.rmtree(p, ignore_errors=True)
 
@@ -276,7 +281,7 @@ def train(model, examples: list[Example], objective: Objective, cfg: TrainConfig
 
     ``resume_path`` (a directory outside the job's outputs, so a failed job keeps it) holds the
     state of the last ``save_every`` step; it is used only if ``run_key`` (everything the run
-    depends on) hashes the same, and deleted when training completes.
+    depends on) hashes the same. The caller deletes it (``remove_resume``) once the model is written.
     """
     acc = accelerator or make_accelerator(cfg)
     rank, world = acc.process_index, acc.num_processes
@@ -352,8 +357,6 @@ def train(model, examples: list[Example], objective: Objective, cfg: TrainConfig
             if resume_path and cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < steps:
                 _save_resume(acc, resume_path, {"key": key, "step": step + 1, "history": history})
     acc.wait_for_everyone()
-    if resume_path and acc.is_main_process:
-        _remove_resume(resume_path)
     if cfg.gradient_checkpointing:
         _checkpointing(model, False)
     model.eval()

@@ -139,3 +139,9 @@ def test_each_training_job_of_a_study_has_its_own_resume_folder(tmp_path, resume
     assert len(set(folders)) == len(folders), sorted(folders)
     if resume_dir:
         assert all(f.startswith(resume_dir + "/") for f in folders)
+
+
+def test_an_absolute_out_dir_keeps_its_resume_state_under_resume_dir(tmp_path):
+    out_dir = str(tmp_path / "abs-results")
+    params = _params(tmp_path, {**_files_config(tmp_path), "out_dir": out_dir, "resume_dir": "scratch/resume"}, ("sft",))
+    assert params["sft"].resume == f"scratch/resume/_abs_{out_dir}/sft"  # not {out_dir}/sft

@@ -156,8 +156,10 @@ def _resume_root(folder):
     sub-folder named after ``folder``, so the runs and worlds of a study never share one."""
     if not config.get("resume_dir"):
         return f"{folder}/.resume"
-    parts = ["_up_" if part == ".." else part for part in Path(os.path.normpath(folder)).parts]
-    return os.path.join(config["resume_dir"].rstrip(os.sep), *parts)
+    path = Path(os.path.normpath(folder))
+    # an absolute folder goes under _abs_: joining its root would drop resume_dir altogether
+    parts = ["_up_" if part == ".." else part for part in path.parts[1 if path.is_absolute() else 0:]]
+    return os.path.join(config["resume_dir"].rstrip(os.sep), *(["_abs_"] if path.is_absolute() else []), *parts)
 
 
 RESUME = _resume_root(OUT)

@@ -23,7 +23,8 @@ Parts:
 3. **Throughput** (``train``, ``generate``): DPO and DRDO training in bf16, packed rows against one
    pair per row (padded), tokens/s, model FLOPs utilisation and peak memory; generation new tokens/s
    of the workflow's loop against ``generate`` with a dynamic cache and with a static cache (which
-   transformers compiles with ``torch.compile`` on a GPU).
+   transformers compiles with ``torch.compile`` on a GPU), and against vLLM's engine
+   (``generate.backend: vllm``) where vLLM is installed.
 
 Model FLOPs: 6 x (non-embedding parameters) per real token, plus 6 x hidden x vocab per response
 token for the LM head (the trainer applies it at response positions only); attention's own FLOPs
@@ -34,6 +35,7 @@ the GPUs named in ``PEAK_TFLOPS``.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -411,7 +413,20 @@ def bench_generate(shape: str, backend: str, rows: int, a) -> dict:
     # hf-static: transformers compiles the static-cache forward itself on a GPU (its own compile
     # settings). Wrapping model.forward in torch.compile(mode="reduce-overhead") by hand instead failed
     # on an H200 (transformers 5.17): the CUDA graphs overwrote the static cache's tensors.
-    run = {"loop": ours, "hf-dynamic": lambda: hf(False), "hf-static": lambda: hf(True)}[backend]
+    def vllm(engine=[]):  # noqa: B006 - the engine, started (and timed) by the warm-up call
+        from drdo import generation_vllm
+
+        if not engine:
+            folder = tempfile.mkdtemp(prefix="gpu_check.vllm.")
+            model.save_pretrained(folder)  # no tokenizer: prompts and responses stay token ids
+            engine.append(generation_vllm.engine(folder, str(model.dtype).removeprefix("torch."),
+                                                 a.prompt_len + a.new_tokens, len(prompts) * len(temps), 0,
+                                                 torch.get_num_threads(), {"gpu_memory_utilization": 0.8},
+                                                 skip_tokenizer_init=True))
+        assert engine[0].reset_prefix_cache()  # the timed call computes its prompts, as a job does
+        return generation_vllm.sample(engine[0], prompts, temps, 0.8, a.new_tokens, [], 0)
+
+    run = {"loop": ours, "hf-dynamic": lambda: hf(False), "hf-static": lambda: hf(True), "vllm": vllm}[backend]
     t = _now()
     with torch.no_grad():
         run()  # warm-up (and compilation)
@@ -428,7 +443,8 @@ def bench_generate(shape: str, backend: str, rows: int, a) -> dict:
     return {"part": "generate", "model": shape, "backend": backend, "rows": n_prompts * len(temps),
             "prompt_len": a.prompt_len, "new_tokens": a.new_tokens, "warmup_s": round(warm, 2),
             "seconds": round(seconds, 3), "new_tokens_per_s": round(new / seconds, 1),
-            "peak_mem_gib": round((torch.cuda.max_memory_allocated() if device.type == "cuda" else _peak_rss()) / 2**30, 2)}
+            "peak_mem_gib": None if backend == "vllm" else  # vLLM's engine runs in a process of its own
+            round((torch.cuda.max_memory_allocated() if device.type == "cuda" else _peak_rss()) / 2**30, 2)}
 
 
 # ---------------------------------------------------------------------------------------- report
@@ -460,7 +476,8 @@ def markdown(result: dict) -> str:
     table("| model | generation | rows | prompt + new tokens | new tokens/s | warm-up s | peak GiB |",
           "|---|---|---:|---|---:|---:|---:|",
           [f"| {r['model']} | {r['backend']} | {r['rows']} | {r['prompt_len']} + {r['new_tokens']} | "
-           f"{r['new_tokens_per_s']:,.0f} | {r['warmup_s']} | {r['peak_mem_gib']} |" for r in rows if r["part"] == "generate"])
+           f"{r['new_tokens_per_s']:,.0f} | {r['warmup_s']} | {'-' if r['peak_mem_gib'] is None else r['peak_mem_gib']} |"
+           for r in rows if r["part"] == "generate"])
     for s in result["skipped"]:
         lines.append(f"- skipped: {s}")
     return "\n".join(lines) + "\n"
@@ -560,6 +577,12 @@ def main(argv: list[str] | None = None) -> int:
                  for backend in ("loop", "hf-dynamic")]
         # compiling costs a minute or more: last, so the budget guard can drop it
         plan += [("generate", shape, "hf-static", n) for shape in shapes[:1] for n in ([8] if small else [64, 256])]
+        # the generate.backend: vllm engine, on a GPU only (bench/inference_speed.py measures it on a
+        # CPU; vLLM's CPU attention takes no head size under 32, which the small shape has)
+        if a.device == "cuda" and importlib.util.find_spec("vllm"):
+            plan += [("generate", shape, "vllm", n) for shape in shapes for n in (64, 256)]
+        elif a.device == "cuda":
+            skipped.append("generate vllm: vLLM is not installed")
     for kind, shape, what, arg in plan:
         name = f"{kind} {shape} {what} {arg}"
         if _now() - start > a.time_budget:

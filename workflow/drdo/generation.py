@@ -46,11 +46,11 @@ def _forward_kwargs(model, cache: DynamicCache) -> dict:
     return kw | ({"logits_to_keep": 1} if "logits_to_keep" in accepted else {})
 
 
-def end_tokens(model, tokenizer) -> list[int]:
+def end_tokens(generation_config, tokenizer) -> list[int]:
     """Every token id that ends a response: the model's ``generation_config.eos_token_id`` (an id
     or a list: chat models end a turn with their own token, e.g. Phi-3's ``<|end|>`` besides
     ``</s>``), then the tokenizer's EOS (what training appends to each response)."""
-    ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = getattr(generation_config, "eos_token_id", None)
     ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
     return list(dict.fromkeys(ids + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])))
 
@@ -98,25 +98,42 @@ def generate(model, tokenizer, prompts: pd.DataFrame, temperatures: list[float],
     has eval_set, prompt_id, prompt and, optionally, document (an over-long prompt keeps the
     document's head and the instruction after it; see ``batching.encode_prompt``)."""
     model.eval()
-    docs = prompts["document"] if "document" in prompts else [None] * len(prompts)
-    encoded = [encode_prompt(tokenizer, p, max_prompt_length, d, chat) for p, d in zip(prompts["prompt"], docs)]
+    encoded = prompt_tokens(tokenizer, prompts, max_prompt_length, chat)
     generator = torch.Generator(device=model.device).manual_seed(seed)
     per_batch = max(1, batch_size // len(temperatures))
     by_length = np.argsort([len(e) for e in encoded], kind="stable")  # little padding per batch
-    ends = end_tokens(model, tokenizer)
+    ends = end_tokens(getattr(model, "generation_config", None), tokenizer)
     rows = []
     progress = Progress(log, "generate", -(-len(encoded) // per_batch), "batches", counts=("responses",))
     for lo in range(0, len(encoded), per_batch):
         idx = by_length[lo:lo + per_batch]
         responses = sample_batch(model, [encoded[i] for i in idx], temperatures, top_p, max_new_tokens,
                                  tokenizer.pad_token_id, ends, generator)
-        for r, seq in enumerate(responses):
-            finished = bool(seq) and seq[-1] in ends  # whichever end token ended it is not text
-            seq = seq[:-1] if finished else seq
-            rows.append({"idx": int(idx[r // len(temperatures)]), "temperature": float(temperatures[r % len(temperatures)]),
-                         "response": tokenizer.decode(seq, skip_special_tokens=True).strip(),
-                         "finished": finished, "n_tokens": len(seq)})
+        rows += [response_row(tokenizer, seq, ends, idx[r // len(temperatures)], temperatures[r % len(temperatures)])
+                 for r, seq in enumerate(responses)]
         progress.update(1, responses=len(responses))
+    return as_generations(prompts, rows)
+
+
+def response_row(tokenizer, seq: list[int], ends: list[int], idx: int, temperature: float) -> dict:
+    """One generation: its text, whether an end token ended it (that token is not text, nor
+    counted) and its token count."""
+    finished = bool(seq) and seq[-1] in ends
+    seq = seq[:-1] if finished else seq
+    return {"idx": int(idx), "temperature": float(temperature),
+            "response": tokenizer.decode(seq, skip_special_tokens=True).strip(), "finished": finished,
+            "n_tokens": len(seq)}
+
+
+def prompt_tokens(tokenizer, prompts: pd.DataFrame, max_prompt_length: int, chat: bool) -> list[list[int]]:
+    """Each prompt's token ids as every backend feeds them (``batching.encode_prompt``)."""
+    docs = prompts["document"] if "document" in prompts else [None] * len(prompts)
+    return [encode_prompt(tokenizer, p, max_prompt_length, d, chat) for p, d in zip(prompts["prompt"], docs)]
+
+
+def as_generations(prompts: pd.DataFrame, rows: list[dict]) -> pd.DataFrame:
+    """The generations table (eval_set, prompt_id, temperature, response, finished, n_tokens),
+    ordered by temperature, then prompt, whatever order the rows were drawn in."""
     gen = pd.DataFrame(rows).sort_values(["temperature", "idx"], kind="stable").reset_index(drop=True)
     meta = prompts.reset_index(drop=True)[["eval_set", "prompt_id"]]
     return pd.concat([meta.iloc[gen["idx"]].reset_index(drop=True), gen.drop(columns="idx")], axis=1)

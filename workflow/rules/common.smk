@@ -331,7 +331,9 @@ TABLE_PARAMS = as_json({**TOKENS, "batch_size": config["score"]["batch_size"], *
 # The gold reward exists only in the synthetic world: real data gets no `gold` column.
 SCORE_PARAMS = as_json({**config["score"], **TOKENS, **INFERENCE,
                         **({"gold": GOLD} if config["data"]["source"] == "synthetic" else {})})
-GENERATE_PARAMS = as_json({**config["generate"], "max_prompt_length": LENGTHS["max_prompt_length"],
+# generate.vllm counts only where vLLM runs: tuning it does not re-run the loop's generations
+GENERATE_PARAMS = as_json({**{k: v for k, v in config["generate"].items()
+                              if k != "vllm" or config["generate"]["backend"] == "vllm"}, "max_prompt_length": LENGTHS["max_prompt_length"],
                            "max_new_tokens": LENGTHS["max_new_tokens"], "chat_template": TOKENS["chat_template"],
                            **INFERENCE})
 # Every pair any split holds (split.max_validation samples each split's validation pairs

@@ -1,7 +1,7 @@
 """Sampling responses with vLLM (``generate.backend: vllm``, the ``vllm`` extra): the same
 prompts, temperatures, top-p, end tokens and generations table as ``drdo.generation``, drawn by
 vLLM's engine, which pages its key/value cache, batches requests as they finish and arrive, and
-computes a prompt shared by the rows of its temperatures once (prefix caching).
+computes each full cache block of a prompt once for all its temperature rows (prefix caching).
 
 What changes: the draws. vLLM samples with its own kernels and one generator per row, seeded from
 ``generate.seed``, the prompt's position and the temperature's, so a row does not depend on the

@@ -6,7 +6,9 @@ judge's case is in test_judge.py); a resume state left by other code; a divergin
 import json
 import re
 import logging
+from pathlib import Path
 
+import pandas as pd
 import pytest
 
 import stage_support as ss
@@ -25,6 +27,18 @@ def _past(k: int):
     def ready(log: str) -> bool:
         return any(k <= int(done) < int(total) for done, total in re.findall(r" (\d+)/(\d+) batches", log))
     return ready
+
+
+def _enlarged(path: Path, folder: Path, copies: int, key: str, text: str | None = None) -> Path:
+    """``copies`` copies of a table's rows under new keys (and a numbered ``text``, where equal
+    texts would be scored once): enough work that the stage is still running when the test's poll
+    sees its progress (the world's 8 prompts score in 10 ms)."""
+    table = pd.read_parquet(path)
+    table = pd.concat([table.assign(**{key: table[key] + f"-{i}"}, **({text: table[text] + f" ({i})"} if text else {}))
+                       for i in range(copies)], ignore_index=True)
+    folder.mkdir(exist_ok=True)
+    table.to_parquet(folder / path.name, index=False)
+    return folder / path.name
 
 
 def _interrupted_equals_whole(tmp_path, args, ready, out_name: str) -> None:
@@ -60,9 +74,11 @@ def test_training_killed_after_a_resume_save(world, tmp_path, caplog):
 def test_table_killed_while_scoring(world, tmp_path):
     params = json.dumps({**ss.INFERENCE, "batch_size": 1})
 
+    pairs = [_enlarged(world["splits"] / f"{s}.parquet", tmp_path / "pairs", 20, "pair_id")
+             for s in ("all", "hc_he", "lc_le")]
+
     def args(out):
-        return ["table", "--params", params, "--pairs", *(str(world["splits"] / f"{s}.parquet") for s in
-                                                          ("all", "hc_he", "lc_le")),
+        return ["table", "--params", params, "--pairs", *map(str, pairs),
                 "--model", f"ref_logp={world['sft']}", "--value", "logp", "--out", str(out)]
 
     _interrupted_equals_whole(tmp_path, args, _past(4), "reference_logps.parquet")
@@ -73,8 +89,10 @@ def test_generation_killed_midway(world, tmp_path):
                          "max_prompt_length": ss.TOKENS["max_prompt_length"], "max_new_tokens": 24,
                          "chat_template": False})
 
+    prompts = _enlarged(world["prompts"], tmp_path / "prompts", 16, "prompt_id")
+
     def args(out):
-        return ["generate", "--params", params, "--policy", str(world["sft"]), "--prompts", str(world["prompts"]),
+        return ["generate", "--params", params, "--policy", str(world["sft"]), "--prompts", str(prompts),
                 "--out", str(out)]
 
     _interrupted_equals_whole(tmp_path, args, _past(1), "sft.parquet")
@@ -83,8 +101,10 @@ def test_generation_killed_midway(world, tmp_path):
 def test_scoring_killed_midway(world, tmp_path):
     params = json.dumps({**ss.INFERENCE, "batch_size": 1})
 
+    prompts = _enlarged(world["prompts"], tmp_path / "prompts", 200, "prompt_id", "prompt")
+
     def args(out):  # the reference summaries: no generations needed
-        return ["score", "--params", params, "--prompts", str(world["prompts"]), "--oracle", str(world["oracle"]),
+        return ["score", "--params", params, "--prompts", str(prompts), "--oracle", str(world["oracle"]),
                 "--policy", "reference", "--split", "-", "--out", str(out)]
 
     _interrupted_equals_whole(tmp_path, args, _past(2), "reference.parquet")

@@ -187,6 +187,31 @@ def test_winrate_table_reports_unfinished_shares_and_rule(tmp_path):
     assert (row["wins"], row["ties"], row["losses"], row["n"], row["n_too_long"]) == (0, 1, 1, 2, 0)
 
 
+# (oracle_a, oracle_b, finished_a, finished_b, same text) -> outcome under as_scored, loss, drop;
+# NaN scores are responses too long to score
+RULES = [
+    ((2.0, 1.0, True, True, False), (1.0, 1.0, 1.0)),
+    ((1.0, 2.0, False, True, False), (0.0, 0.0, np.nan)),
+    ((2.0, 1.0, False, True, False), (1.0, 0.0, np.nan)),       # unfinished A loses, whatever its score
+    ((1.0, 2.0, True, False, False), (0.0, 1.0, np.nan)),
+    ((1.0, 2.0, False, False, False), (0.0, 0.5, np.nan)),      # both unfinished: a tie
+    ((np.nan, 2.0, False, True, False), (np.nan, 0.0, np.nan)),  # too long and unfinished: loses without a score
+    ((2.0, np.nan, True, False, False), (np.nan, 1.0, np.nan)),
+    ((np.nan, 2.0, True, True, False), (np.nan, np.nan, np.nan)),  # too long, finished: left out under every rule
+    ((1.0, 2.0, True, True, True), (0.5, 0.5, 0.5)),           # identical texts tie whatever the scores
+    ((np.nan, np.nan, False, False, True), (0.5, 0.5, np.nan)),
+]
+
+
+@pytest.mark.parametrize("rule", ["as_scored", "loss", "drop"])
+def test_outcome_rules_on_every_case(rule):
+    pairs = pd.DataFrame([{"oracle_a": a, "oracle_b": b, "finished_a": fa, "finished_b": fb,
+                           "response_a": "x", "response_b": "x" if same else "y"}
+                          for (a, b, fa, fb, same), _ in RULES])
+    expected = [want[["as_scored", "loss", "drop"].index(rule)] for _, want in RULES]
+    np.testing.assert_array_equal(outcomes(pairs, "oracle", rule), expected)
+
+
 def test_too_long_is_left_out_and_counted_any_other_missing_score_is_an_error(tmp_path):
     scores = _scores_frame()
     sel = (scores["policy"] == "dpo") & (scores["split"] == "all") & (scores["prompt_id"] == "p1")

@@ -1,7 +1,8 @@
 """Families whose forward transforms the LM head's logits (Granite and MiniCPM3 divide them,
 Cohere and HyperCLOVAX scale them, Gemma 2/3 cap them softly): the packed, response-only
 log-probs equal the model's own forward's. Any other transform is refused, and so are sequences
-longer than a sliding attention window the packed mask does not apply.
+longer than a sliding attention window the packed mask does not apply, and decoders that packing
+would score wrongly (a state carried from token to token, ALiBi).
 
 Tiny random configs of the installed transformers (no hub), weights drawn large enough that the
 logits are far from uniform and a missed transform shows.
@@ -11,7 +12,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from drdo import logits
+from drdo import logits, packing
 from drdo.batching import Encoded, pad_batch
 from drdo.modeling import LMWithRewardHead, response_logps
 from drdo.packing import PackedForward, pack
@@ -115,3 +116,29 @@ def test_sequences_longer_than_a_sliding_window_are_refused():
         # the refusal is needed: with a window of 4 the model's own forward gives other log-probs
         assert not torch.allclose(_own_logps(short, [s for g in groups for s in g]),
                                   _own_logps(wide, [s for g in groups for s in g]), **TOL)
+
+
+UNPACKABLE = {  # model_type: config, what the refusal names
+    "lfm2": ({"layer_types": ["conv", "full_attention"]}, r"state from token to token \(conv, layers\.0\.conv\.conv\)"),
+    "nemotron_h": ({}, r"state from token to token \(linear_attention, layers\.0\.mixer\.conv1d\)"),
+    "rwkv": ({}, r"state from token to token \(rwkv\)"),
+    "mamba": ({}, "state from token to token"),
+    "mpt": ({}, "ALiBi"),
+}
+
+
+@pytest.mark.parametrize("model_type", list(UNPACKABLE))
+def test_decoders_packing_would_score_wrongly_are_refused(model_type):
+    """State-space, convolution and recurrent layers carry a state from one packed sequence into
+    the next; ALiBi biases by the place in the row. Where such a model runs through packing
+    unchecked, its log-probs differ from its own forward's (mamba crashes instead)."""
+    config, named = UNPACKABLE[model_type]
+    model = _tiny(model_type, **config)
+    groups = _groups()
+    with torch.no_grad(), pytest.raises(ValueError, match=named):
+        PackedForward(model)(pack(groups, 0), logps=True)
+    if model_type != "mamba":
+        packing._packable.add(model)  # the check skipped: the refusal is needed
+        with torch.no_grad():
+            packed = PackedForward(model)(pack(groups, 0), logps=True)[0]
+            assert not torch.allclose(packed, _own_logps(model, [s for g in groups for s in g]), **TOL)

@@ -34,6 +34,7 @@ applies the LM head.
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -273,6 +274,48 @@ def _check_window(hf, packed: Packed) -> None:
                          f"to at most {window}, or model.attn_implementation to a flash-attention kernel")
 
 
+# Token mixers that carry a state along the row (state-space, linear-attention, short-convolution
+# and recurrent layers, as transformers' configs name them in layer_types), and families of such
+# layers without layer_types: in a packed row one sequence's state would run into the next.
+STATEFUL_LAYER_TYPES = {"linear_attention", "mamba", "mamba2", "conv", "hybrid", "recurrent"}
+STATEFUL_FAMILIES = {"rwkv", "xlstm"}
+_packable: weakref.WeakSet = weakref.WeakSet()
+
+
+def _alibi(config) -> bool:
+    """ALiBi biases attention by slot distance in the row, not by position ids (Bloom, MPT, Falcon
+    with ``alibi``): a rejected response after the chosen one would be that much farther from its
+    prompt, and Bloom's and Falcon's attention takes no 4D mask."""
+    return (config.model_type == "bloom" or bool(getattr(config, "alibi", False))
+            or bool(getattr(getattr(config, "attn_config", None), "alibi", False)))
+
+
+def check_packable(hf) -> None:
+    """Refuse a model that packing would score wrongly (once per model): packing relies on attention
+    masks and position ids alone keeping sequences apart and placing their tokens. A causal
+    convolution in the decoder's layers (``nn.Conv1d``: Mamba's, Gated DeltaNet's, LFM2's) counts
+    as a state whatever the config says."""
+    if hf in _packable:
+        return
+    config = hf.config
+    stateful = sorted(set(getattr(config, "layer_types", None) or ()) & STATEFUL_LAYER_TYPES)
+    if config.model_type in STATEFUL_FAMILIES:
+        stateful.append(config.model_type)
+    decoder = hf.get_decoder()
+    layers = getattr(decoder, "layers", decoder)  # not an audio or vision tower's convolutions
+    prefix = "layers." if layers is not decoder else ""
+    stateful += [prefix + name for name, m in layers.named_modules() if isinstance(m, nn.Conv1d)][:1]
+    why = (f"its layers carry a state from token to token ({', '.join(stateful)}), which would run from one "
+           "packed sequence into the next" if stateful else
+           "ALiBi position biases, which follow a token's place in the packed row, not its position id"
+           if _alibi(config) else None)
+    if why:
+        raise ValueError(f"{config.model_type} ({type(hf).__name__}): {why}; drdo packs every batch and supports "
+                         "decoders that mix tokens by attention alone, placed by position ids (RoPE, learned "
+                         "positions)")
+    _packable.add(hf)
+
+
 def _hf(model):
     return getattr(model, "lm", model)  # LMWithRewardHead keeps the Hugging Face model as .lm
 
@@ -307,6 +350,7 @@ ROW_TENSORS = ("input_ids", "position_ids", "group", "branch")  # all that _deco
 
 def _decode(model, packed: Packed) -> torch.Tensor:
     """The decoder on all of ``packed``'s rows."""
+    check_packable(_hf(model))
     decoder = _hf(model).get_decoder()
     kwargs = attention_inputs(model, packed)
     ids = packed.input_ids.reshape(kwargs["position_ids"].shape)  # flat slot indices are unchanged

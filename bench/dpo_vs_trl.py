@@ -38,7 +38,9 @@ jobs do (``drdo.floatmode``). Step time is the interval between consecutive opti
 the first (steady state), in wall time and in the worker's CPU time; tokens/s counts the real
 tokens of the pairs (prompt + response, chosen and rejected), the same for every runner. Peak
 memory is the worker process's peak RSS, and its increase over the RSS as training starts (libraries
-imported, model and data loaded: what training itself adds).
+imported, model and data loaded: what training itself adds). Workers run under glibc's own malloc
+settings unless ``--malloc jobs`` gives every worker those of the workflow's CPU jobs
+(``drdo.launch.CPU_MALLOC``): freed memory is kept for reuse, which changes speed and RSS.
 Prints one JSON line per run, then a summary line: per thread count, each runner's figures and
 each ratio with its target (``targets``; ratios of medians over repeats, per wall and per CPU
 second).
@@ -59,6 +61,8 @@ import time
 from pathlib import Path
 
 import yaml
+
+from drdo.launch import CPU_MALLOC
 
 REPO = Path(__file__).resolve().parents[1]
 # runner: (trainer, objective, mixed precision, TRL's log-prob head)
@@ -441,6 +445,9 @@ def main() -> None:
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                     help="cuda: both trainers on the GPU (TRL's head is compact there: trl = trl-compact); "
                          "memory is then the peak of torch's GPU allocations")
+    ap.add_argument("--malloc", choices=("default", "jobs"), default="default",
+                    help="jobs: every worker (TRL's too) under the glibc malloc settings the workflow's CPU jobs "
+                         "run with (drdo.launch.CPU_MALLOC: freed memory kept for reuse); default: glibc's own")
     ap.add_argument("--work", default=None, help="reuse a prepared folder")
     ap.add_argument("--runner", choices=tuple(RUNNERS), help=argparse.SUPPRESS)  # worker mode
     args = ap.parse_args()
@@ -467,6 +474,8 @@ def main() -> None:
                    "OMP_NUM_THREADS": str(t), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
             if args.device == "cpu":  # our trainer takes a GPU wherever it sees one
                 env["CUDA_VISIBLE_DEVICES"] = ""
+            if args.malloc == "jobs":
+                env |= CPU_MALLOC
             for r in (runners if rep % 2 == 0 else runners[::-1]):  # interleaved, alternating order
                 cmd = [sys.executable, __file__, "--runner", r, "--work", str(work), "--batch", str(args.batch),
                        "--steps", str(args.steps), "--lr", str(args.lr), "--threads", str(t),
@@ -480,7 +489,7 @@ def main() -> None:
                 print(json.dumps({"model": args.model, "repeat": rep, "threads": t, **res}), flush=True)
     summary = {"summary": "dpo_vs_trl", "model": args.model, "dtype": args.dtype, "trl_head": args.trl_head,
                "checkpointing": args.checkpointing, "batch_pairs": args.batch, "steps": args.steps,
-               "repeats": args.repeats, "baseline": BASELINE, "device": args.device,
+               "repeats": args.repeats, "baseline": BASELINE, "device": args.device, "malloc": args.malloc,
                "threads": {str(t): summarise(results[t], args.model, args.dtype,
                                              "peak_gpu_mb" if args.device == "cuda" else "peak_rss_mb")
                            for t in threads}}

@@ -139,6 +139,33 @@ def test_one_world_interval_covers_that_world(name):
     assert np.mean((lo <= truth) & (truth <= hi)) >= 0.93
 
 
+def _binomial_pmf(n: int, p: np.ndarray) -> np.ndarray:
+    """P(k wins of n) for k = 0..n (columns) at each win probability in ``p`` (rows)."""
+    k = np.arange(n + 1)
+    log_choose = np.array([math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) for i in k])
+    return np.exp(log_choose + k * np.log(p)[:, None] + (n - k) * np.log1p(-p)[:, None])
+
+
+@pytest.mark.parametrize("n", [50, 100, 200])
+def test_single_run_interval_exact_coverage_without_ties(n):
+    """Exact, not simulated: with wins and losses only, the coverage at win probability p is the
+    binomial probability of the k whose interval holds p. It changes only where p crosses an
+    interval's end, so its infimum is among the values just inside and just outside the ends."""
+    k = np.arange(n + 1)
+    lo, hi = score_interval((np.arange(n) < k[:, None]).astype(float))  # row k: k wins
+    ends = np.concatenate([lo, hi])
+    ends = ends[(ends > 0) & (ends < 1)]
+    p = np.concatenate([ends * (1 - 1e-9), ends * (1 + 1e-9)])
+    coverage = (_binomial_pmf(n, p) * ((lo <= p[:, None]) & (p[:, None] <= hi))).sum(1)
+    # 94.9% at worst, in a narrow window at p of about 0.052 / n (or 1 - 0.052 / n): no win (no
+    # loss) is then less than 95% likely, and the interval of one win starts above p; at least 95%
+    # wherever n p is in [1, n - 1]
+    assert coverage.min() >= 0.949, coverage.min()
+    inside = (n * p >= 1) & (n * p <= n - 1)
+    assert coverage[inside].min() >= 0.95, coverage[inside].min()
+    assert (coverage < 0.95).sum() == 2 and np.all(np.minimum(n * p, n - n * p)[coverage < 0.95] < 0.06)
+
+
 @pytest.mark.parametrize("wins,ties", [(0.5, 0.0), (0.3, 0.2), (0.2, 0.05), (0.05, 0.0), (0.01, 0.02),
                                        (0.97, 0.0), (0.99, 0.0), (0.999, 0.0)])
 @pytest.mark.parametrize("n", [100, 50])

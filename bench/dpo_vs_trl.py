@@ -445,9 +445,10 @@ def main() -> None:
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                     help="cuda: both trainers on the GPU (TRL's head is compact there: trl = trl-compact); "
                          "memory is then the peak of torch's GPU allocations")
-    ap.add_argument("--malloc", choices=("default", "jobs"), default="default",
+    ap.add_argument("--malloc", choices=("glibc", "jobs"), default="glibc",
                     help="jobs: every worker (TRL's too) under the glibc malloc settings the workflow's CPU jobs "
-                         "run with (drdo.launch.CPU_MALLOC: freed memory kept for reuse); default: glibc's own")
+                         "run with (drdo.launch.CPU_MALLOC: freed memory kept for reuse); glibc: the C library's "
+                         "own defaults, whatever the calling shell set")
     ap.add_argument("--work", default=None, help="reuse a prepared folder")
     ap.add_argument("--runner", choices=tuple(RUNNERS), help=argparse.SUPPRESS)  # worker mode
     args = ap.parse_args()
@@ -470,7 +471,7 @@ def main() -> None:
     for rep in range(args.repeats):
         for t in threads:
             # a worker's OpenMP threads are its torch threads: 1 thread must not spin on 2 cores
-            env = {**os.environ, "PYTHONPATH": f"{REPO / 'workflow'}:{os.environ.get('PYTHONPATH', '')}",
+            env = {**{k: v for k, v in os.environ.items() if k not in CPU_MALLOC}, "PYTHONPATH": f"{REPO / 'workflow'}:{os.environ.get('PYTHONPATH', '')}",
                    "OMP_NUM_THREADS": str(t), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
             if args.device == "cpu":  # our trainer takes a GPU wherever it sees one
                 env["CUDA_VISIBLE_DEVICES"] = ""

@@ -157,7 +157,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--temperatures", default="0.2,0.5,0.7,0.9", help="the default's generate.temperatures")
-    ap.add_argument("--malloc", choices=("launcher", "glibc"), default="launcher")
+    ap.add_argument("--malloc", choices=("jobs", "glibc"), default="jobs",
+                    help="jobs: the glibc malloc settings of the workflow's CPU jobs (drdo.launch.CPU_MALLOC); "
+                         "glibc: the C library's own defaults")
     ap.add_argument("--vllm-kv-cache-gb", type=float, default=2.0, help="the vllm engine's key/value cache")
     args = ap.parse_args()
     engines = args.gen_engines.split(",")
@@ -167,7 +169,7 @@ def main() -> None:
         if "hf-static-compiled" in engines and args.n > b and args.n % b:
             ap.error(f"--n {args.n} is not a multiple of --gen-batches {b}: a last, smaller batch would "
                      "compile again while timed")
-    want = CPU_MALLOC if args.malloc == "launcher" else {}
+    want = CPU_MALLOC if args.malloc == "jobs" else {}
     if any(os.environ.get(k) != want.get(k) for k in CPU_MALLOC):  # glibc reads them at start: run again
         env = {k: v for k, v in os.environ.items() if k not in CPU_MALLOC} | want
         os.execve(sys.executable, [sys.executable, *sys.argv], env)

@@ -284,6 +284,16 @@ def planned(proc) -> dict[str, int]:
     return planned_jobs(proc)
 
 
+def test_a_factor_on_a_key_a_named_method_overrides_leaves_it_untrained(tmp_path):
+    """drdo_mean sets logp_agg itself: a factor on align.drdo.logp_agg retrains DRDO alone, while a
+    factor on a key it inherits (gamma) retrains both (the e2e study below)."""
+    text = STUDY.read_text().replace("gamma: {key: align.drdo.gamma, levels: [0.0, 2.0]}",
+                                     "logp_agg: {key: align.drdo.logp_agg, levels: [sum, mean]}")
+    (tmp_path / "study.yaml").write_text(text)
+    jobs = planned(snakemake(tmp_path, "-n", "--config", f"study={tmp_path / 'study.yaml'}"))
+    assert jobs["r0_align"] == 7 and jobs["r1_align"] == 1
+
+
 @pytest.mark.e2e
 def test_study_shares_upstream_jobs_aggregates_and_reports(tmp_path):
     config = ["--config", f"study={STUDY}"]

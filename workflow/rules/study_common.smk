@@ -78,11 +78,13 @@ def _world_key(cfg):
 
 def _method_key(cfg, method):
     """What a method's models depend on: its name (two methods with equal keys, e.g. cdpo and rdpo,
-    are still two models), its section and, for a named method, its base's section."""
+    are still two models) and the keys it trains with: its section or, for a named method, its
+    base's section under its own overrides (as common.smk's method_config), so a factor on a key
+    the named method overrides leaves it untrained."""
     section = cfg["align"][method]
     base = section.get("base", method)
-    own = [cfg["align"][base], section] if base != method else [section]
-    return json.dumps([method, _world_key(cfg), cfg["train"], cfg["align"]["common"], *own], sort_keys=True)
+    keys = {**cfg["align"][base], **section} if base != method else section
+    return json.dumps([method, _world_key(cfg), cfg["train"], cfg["align"]["common"], keys], sort_keys=True)
 
 
 # Expand: runs in order (baseline first), worlds and method cells deduplicated by their keys.

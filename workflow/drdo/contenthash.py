@@ -1,6 +1,8 @@
 """Content hashes of local inputs the workflow names by path (data.files, a local model.name_or_path
-or oracle.base directory, a GGUF file), for the lineage: an edited or replaced file re-runs what
-depends on it, a touched or moved one does not.
+or oracle.base directory, a GGUF file), for the lineage: an edited or replaced file changes the
+lineage of what depends on it (and so re-runs it, even with its size and modification time kept),
+a touched or moved one does not (Snakemake's own modification-time trigger still re-runs a job
+whose input file is newer than its output).
 
 Each file's hash is cached by (size, mtime_ns, ctime_ns, inode) in a small JSON file, so a no-op
 rerun reads no file again (a write or a replacement changes at least one of them; ctime cannot be

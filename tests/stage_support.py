@@ -20,7 +20,7 @@ ARCH = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num
 TOKENS = {"max_prompt_length": 200, "max_length": 256, "chat_template": False}
 TRAIN = {**TOKENS, "dtype": "float32", "batch_size": 4, "grad_accum": 1, "eval_batch_size": 16, "lr": 1e-3,
          "epochs": 1.0, "max_steps": 3, "warmup_steps": 1, "weight_decay": 0.0, "max_grad_norm": 1.0, "seed": 0,
-         "save_every": 0, "gradient_checkpointing": False, "pack_tokens": 0}
+         "gradient_checkpointing": False, "pack_tokens": 0}
 DPO = {**TRAIN, "beta": 0.1}
 INFERENCE = {**TOKENS, "dtype": "float32"}
 

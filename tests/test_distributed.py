@@ -34,7 +34,7 @@ ARCH = {"hidden_size": MIN_WIDTH, "intermediate_size": 2 * MIN_WIDTH, "num_hidde
 POSTS = [f"post {i}: my {w} broke again and again" for i, w in enumerate(
     ["car", "phone", "bike", "laptop", "door", "kettle", "watch", "lamp"])]
 PARAMS = {"lr": 1e-3, "batch_size": 4, "grad_accum": 2, "max_steps": 3, "warmup_steps": 1, "weight_decay": 0.01,
-          "max_grad_norm": 1.0, "seed": 0, "save_every": 0, "dtype": "float32", "max_length": 48, "max_prompt_length": 32,
+          "max_grad_norm": 1.0, "seed": 0, "dtype": "float32", "max_length": 48, "max_prompt_length": 32,
           "eval_batch_size": 8}
 DRDO = {**PARAMS, "alpha": 0.1, "gamma": 2.0, "student_reward": "head", "teacher": "oracle", "logp_agg": "sum",
         "head_seed": 0}
@@ -185,12 +185,11 @@ def test_zero2_job_killed_midway_resumes_to_the_same_weights(inputs):
     """Resume state under ZeRO-2 (accelerate's save_state: DeepSpeed's checkpoint and every
     rank's RNG): kill a 2-rank job after a save, re-run it, end where an uninterrupted run ends."""
     steps = 40  # long enough to be killed after its second save however fast a step is
-    params = {**DRDO, "deepspeed": str(REPO / "config" / "deepspeed" / "zero2.json"), "max_steps": steps,
-              "save_every": 1}
+    params = {**DRDO, "deepspeed": str(REPO / "config" / "deepspeed" / "zero2.json"), "max_steps": steps}
     full = _train(inputs, "zero2-full", "drdo", params, 2)
     name = "zero2-killed"
     args = ["train", "--objective", "drdo", "--params", json.dumps(params), "--init", str(inputs / "init"),
-            "--out", str(inputs / name), "--resume", str(inputs / ".resume" / name),
+            "--out", str(inputs / name), "--resume", str(inputs / ".resume" / name), "--save-every", "1",
             "--data", str(inputs / "pairs.parquet"), "--tables", str(inputs / "oracle.parquet")]
     env = {**os.environ, "PYTHONPATH": f"{REPO / 'workflow'}:{os.environ.get('PYTHONPATH', '')}"}
     proc = subprocess.Popen([sys.executable, "-m", "drdo.launch", "--processes", "2", "--cpu-ranks", "--threads", "2",
@@ -208,7 +207,7 @@ def test_zero2_job_killed_midway_resumes_to_the_same_weights(inputs):
     psutil.wait_procs(tree, timeout=30)
     proc.wait()
     assert not (inputs / name).exists()
-    _train(inputs, name, "drdo", params, 2)
+    _train(inputs, name, "drdo", params, 2)  # without --save-every: a state continues under another interval
     assert "resumed from" in (inputs / f"{name}.log").read_text()
     _assert_same_run(full, inputs / name, steps=steps)
     assert not (inputs / ".resume" / name).exists()

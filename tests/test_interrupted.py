@@ -57,12 +57,12 @@ def _interrupted_equals_whole(tmp_path, args, ready, out_name: str) -> None:
 
 
 def test_training_killed_after_a_resume_save(world, tmp_path, caplog):
-    params = json.dumps({**ss.DPO, "max_steps": 60, "save_every": 4})
+    params = json.dumps({**ss.DPO, "max_steps": 60})
 
     def args(out):
         return ["--lineage", "abc", "train", "--objective", "dpo", "--params", params, "--init", str(world["sft"]),
                 "--data", str(world["splits"] / "all.parquet"), "--tables", str(world["ref"]), "--out", str(out),
-                "--resume", str(out.parent / ".resume" / out.name)]
+                "--resume", str(out.parent / ".resume" / out.name), "--save-every", "4"]
 
     resume = tmp_path / "run" / ".resume" / "dpo-all"
     with caplog.at_level(logging.INFO, logger="drdo"):
@@ -111,11 +111,12 @@ def test_scoring_killed_midway(world, tmp_path):
 
 
 # --------------------------------------------------------------------------- resume state and lineage
-def _dpo_args(world, out, lineage, params=None, table=None):
+def _dpo_args(world, out, lineage, params=None, table=None, save_every=2):
     return ["--lineage", lineage, "train", "--objective", "dpo",
-            "--params", json.dumps(params or {**ss.DPO, "max_steps": 6, "save_every": 2}),
+            "--params", json.dumps(params or {**ss.DPO, "max_steps": 6}),
             "--init", str(world["sft"]), "--data", str(world["splits"] / "all.parquet"),
-            "--tables", str(table or world["ref"]), "--out", str(out), "--resume", str(out.parent / ".resume")]
+            "--tables", str(table or world["ref"]), "--out", str(out), "--resume", str(out.parent / ".resume"),
+            "--save-every", str(save_every)]
 
 
 def test_resume_state_of_another_lineage_is_not_continued(world, tmp_path, monkeypatch, caplog):
@@ -174,10 +175,10 @@ def test_a_non_finite_loss_stops_training_naming_the_step_and_writes_no_model(wo
     from drdo.trainer import NonFiniteError
 
     out = tmp_path / "dpo-all"
-    params = {**ss.DPO, "max_steps": 12, "save_every": 0}
+    params = {**ss.DPO, "max_steps": 12}
     with pytest.raises(NonFiniteError, match=r"non-finite loss or gradient at optimizer step \d+ of 12.*"
                                              r"train\.max_nonfinite_steps=0"):
-        ss.run(_dpo_args(world, out, "x", params, _table_with_an_infinite_value(world, tmp_path)))
+        ss.run(_dpo_args(world, out, "x", params, _table_with_an_infinite_value(world, tmp_path), 0))
     assert not out.exists() and ss.stray_files(tmp_path, "dpo-all") == []
 
 
@@ -186,8 +187,8 @@ def test_allowed_non_finite_steps_are_skipped_and_counted(world, tmp_path):
     from safetensors.torch import load_file
 
     out = tmp_path / "dpo-all"
-    params = {**ss.DPO, "max_steps": 12, "save_every": 0, "max_nonfinite_steps": 12}
-    ss.run(_dpo_args(world, out, "x", params, _table_with_an_infinite_value(world, tmp_path)))
+    params = {**ss.DPO, "max_steps": 12, "max_nonfinite_steps": 12}
+    ss.run(_dpo_args(world, out, "x", params, _table_with_an_infinite_value(world, tmp_path), 0))
     metrics = pd.read_parquet(out / "metrics.parquet")
     skipped = metrics["nonfinite_skipped"]
     assert skipped.iloc[-1] > 0 and skipped.is_monotonic_increasing

@@ -3,6 +3,7 @@ Oracle directory and a GGUF file by their content (cached, so a no-op parse read
 and each training job's own resume folder under a shared resume_dir (a study)."""
 
 import os
+import shlex
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -120,6 +121,13 @@ def test_a_gguf_base_file_is_tracked_by_content(tmp_path):
     assert lineage() != before
 
 
+def _resume_folder(params, wildcards=None) -> str:
+    """The folder of a training rule's ``--resume <folder> --save-every N`` (a param of the job's output)."""
+    args = shlex.split(params.resume(wildcards, output=None))
+    assert args[0] == "--resume" and args[2] == "--save-every" and int(args[3]) >= 0
+    return args[1]
+
+
 @pytest.mark.parametrize("resume_dir", [None, "scratch/resume"])
 def test_each_training_job_of_a_study_has_its_own_resume_folder(tmp_path, resume_dir):
     study = yaml.safe_load((REPO / "tests" / "configs" / "study-e2e.yaml").read_text())
@@ -134,7 +142,7 @@ def test_each_training_job_of_a_study_has_its_own_resume_folder(tmp_path, resume
         jobs = {"reward_model": [SimpleNamespace(member=str(m)) for m in range(2)],
                 "align": [SimpleNamespace(method=m, split="all") for m in ("drdo", "dpo", "edpo")]}
         for wildcards in jobs.get(name.split("_", 1)[1], [None]):
-            folders.append(p.resume(wildcards) if callable(p.resume) else p.resume)
+            folders.append(_resume_folder(p, wildcards))
     assert len(folders) == 2 * (1 + 1 + 2) + 4 * 3  # 2 worlds x (sft, oracle, 2 members); 4 runs x 3 methods
     assert len(set(folders)) == len(folders), sorted(folders)
     if resume_dir:
@@ -144,4 +152,4 @@ def test_each_training_job_of_a_study_has_its_own_resume_folder(tmp_path, resume
 def test_an_absolute_out_dir_keeps_its_resume_state_under_resume_dir(tmp_path):
     out_dir = str(tmp_path / "abs-results")
     params = _params(tmp_path, {**_files_config(tmp_path), "out_dir": out_dir, "resume_dir": "scratch/resume"}, ("sft",))
-    assert params["sft"].resume == f"scratch/resume/_abs_{out_dir}/sft"  # not {out_dir}/sft
+    assert _resume_folder(params["sft"]) == f"scratch/resume/_abs_{out_dir}/sft"  # not {out_dir}/sft

@@ -122,7 +122,7 @@ def test_frozen_bf16_logps_at_late_positions_match_training(frozen_dir, monkeypa
 TRAIN_ARCH = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
               "num_key_value_heads": 2, "max_position_embeddings": 64}
 DRDO = {"lr": 1e-3, "batch_size": 4, "grad_accum": 1, "max_steps": 2, "warmup_steps": 1, "weight_decay": 0.01,
-        "max_grad_norm": 1.0, "seed": 0, "save_every": 0, "dtype": "bfloat16", "max_length": 48,
+        "max_grad_norm": 1.0, "seed": 0, "dtype": "bfloat16", "max_length": 48,
         "max_prompt_length": 32, "eval_batch_size": 8, "alpha": 0.1, "gamma": 2.0, "student_reward": "head",
         "teacher": "oracle", "logp_agg": "sum", "head_seed": 0}
 

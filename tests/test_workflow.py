@@ -171,6 +171,14 @@ def test_gamma_change_reruns_only_drdo(workdir):
     assert jobs == {"align": 3, "generate": 3, "score_policy": 3, "validation_report": 1, "winrates": 1}
 
 
+def test_resume_settings_rerun_nothing(workdir, tmp_path):
+    """Where and how often training jobs keep their resume state changes no artifact."""
+    override = f"train: {{save_every: 7}}\nalign: {{common: {{save_every: 3}}}}\nresume_dir: {tmp_path / 'scratch'}\n"
+    assert planned_jobs(snakemake(workdir, "-n", f"{OUT}/winrates.csv", override=override)) == {}
+    forced = snakemake(workdir, "-n", "-p", "--forcerun=align", f"{OUT}/models/drdo-all", override=override)
+    assert f"--resume {tmp_path / 'scratch'}" in forced.stdout and "--save-every 3" in forced.stdout
+
+
 def test_ensemble_size_change_trains_only_the_new_member(workdir):
     jobs = planned_jobs(snakemake(workdir, "-n", f"{OUT}/winrates.csv", override="ensemble: {size: 3}"))
     assert jobs == {"reward_model": 1, "ensemble_table": 1, "align": 3, "generate": 3, "score_policy": 3,

@@ -181,8 +181,10 @@ def cmd_train(a) -> None:
     from .trainer import TrainConfig, evaluate, make_accelerator, train
 
     p = a.params
+    if "save_every" in p:  # how often to keep a resume state is not in what the model depends on
+        raise ValueError("--params: save_every is the --save-every option (the workflow's train.save_every)")
     objective = objectives.build(a.objective, p)
-    cfg = TrainConfig.from_params(p)
+    cfg = TrainConfig.from_params({**p, "save_every": a.save_every})
     acc = make_accelerator(cfg)  # before any model: sets up the process group under a launcher
     tokenizer = load_tokenizer(a.init)
     # Paired objectives compare log-probs (with the reference's, or chosen with rejected):
@@ -482,7 +484,9 @@ def _parser() -> argparse.ArgumentParser:
                            "help": f"what is trained: sft, oracle, rm (e-DPO ensemble member) or an alignment "
                                    f"method ({', '.join(ALIGN_METHODS)})"}),
           ("--init",), ("--data",), ("--out",), ("--tables", {"nargs": "*", "default": []}),
-          ("--resume", {"default": None}))
+          ("--resume", {"default": None}),
+          ("--save-every", {"type": int, "default": 0,
+                            "help": "write a resume state under --resume every N optimizer steps (0: never)"}))
     stage("table", cmd_table, "per-pair rewards or log-probs of frozen models",
           ("--pairs", {"nargs": "+", "required": True}), ("--model", {"action": "append", "required": True}),
           ("--value", {"required": True, "choices": ["reward", "logp"],

@@ -297,7 +297,9 @@ def train(model, examples: list[Example], objective: Objective, cfg: TrainConfig
     share = shares_prefixes(model)
     # the whole forward (decoder, response-only LM head, reward head) in one module, as DDP needs
     wrapped, opt, sched = acc.prepare(PackedForward(model), opt, sched)
-    key = config_hash({"run": run_key, "train": cfg.__dict__, "n": len(examples), "world": world})
+    # how often states are saved is no part of the run: a state continues under another interval
+    train_key = {k: v for k, v in cfg.__dict__.items() if k != "save_every"}
+    key = config_hash({"run": run_key, "train": train_key, "n": len(examples), "world": world})
     resume_path = Path(resume_path) if resume_path else None
     meta = _load_resume(acc, resume_path, key)
     start, history = (meta["step"], meta["history"]) if meta else (0, [])

@@ -10,7 +10,8 @@ rule align:
         objective=lambda wildcards: method_base(wildcards.method),
         versions=VERSION_MISMATCH,
         lineage=lambda wildcards: lineage_policy(f"{wildcards.method}-{wildcards.split}"),
-        resume=lambda wildcards: f"{RESUME}/{wildcards.method}-{wildcards.split}",
+        resume=resume_args(RESUME, lambda wildcards: f"{wildcards.method}-{wildcards.split}", "align.common",
+                           lambda wildcards: method_config(wildcards.method)),
     threads: config["threads"]["default"]
     resources:
         gpu=res("align", "gpu"),
@@ -23,4 +24,4 @@ rule align:
     shell:
         launch("align") + " -- --lineage {params.lineage} --version-mismatch {params.versions} train --objective {params.objective} --params {params.cfg:q}"
         " --init {input.sft} --data {input.data} --tables {input.tables} --out {output}"
-        " --resume {params.resume} > {log} 2>&1"
+        " {params.resume} > {log} 2>&1"

@@ -133,7 +133,12 @@ def repo_path(path):
     return path if os.path.exists(path) else os.path.join(REPO, path)
 
 
-def train_params(*sections):
+# How often a training job writes its resume state decides how much a kill costs, not what the
+# job makes: it is passed apart (resume_args), outside the params and the lineage.
+RESUME_KEYS = ("save_every",)
+
+
+def _train_keys(*sections):
     """``train`` defaults overridden by each section in turn: a dotted config key, e.g.
     "align.common", or a dict of keys."""
     params = {**config["train"], **TOKENS, **LOADING}
@@ -142,6 +147,12 @@ def train_params(*sections):
         for key in ([] if isinstance(path, dict) else path.split(".")):
             node = node[key]
         params.update(path if isinstance(path, dict) else node)
+    return params
+
+
+def train_params(*sections):
+    """What a training job makes depends on: ``_train_keys`` but the resume keys."""
+    params = {k: v for k, v in _train_keys(*sections).items() if k not in RESUME_KEYS}
     if params.get("deepspeed"):  # its content, not its path: an edit re-runs the jobs, a move does not
         try:
             params["deepspeed"] = json.loads(Path(repo_path(params["deepspeed"])).read_text())
@@ -164,6 +175,21 @@ def _resume_root(folder):
 
 RESUME = _resume_root(OUT)
 RESUME_UP = _resume_root(UP)
+
+
+def resume_args(root, name, *sections):
+    """A training job's ``--resume <root>/<name> --save-every N``, ``N`` from ``_train_keys(*sections)``
+    (the name and each section may be a function of the wildcards). Where and how often a job keeps
+    its resume state changes what a kill costs, not what the job makes, so a change to
+    ``resume_dir`` or ``save_every`` must re-run nothing: the param is a function of the job's
+    output, which Snakemake counts as derived and leaves out of the params it compares."""
+    def args(wildcards, output):
+        value = lambda x: x(wildcards) if callable(x) else x  # noqa: E731
+        every = _train_keys(*map(value, sections))["save_every"]
+        return f"--resume {shlex.quote(os.path.join(root, value(name)))} --save-every {every}"
+    return args
+
+
 # inputs made with other torch / transformers / accelerate / deepspeed versions: error | warn
 VERSION_MISMATCH = config["version_mismatch"]
 

@@ -8,7 +8,7 @@ rule reward_model:
         cfg=lambda wildcards: member_params(wildcards.member),
         versions=VERSION_MISMATCH,
         lineage=lambda wildcards: lineage_rm(wildcards.member),
-        resume=lambda wildcards: f"{RESUME_UP}/rm{wildcards.member}",
+        resume=resume_args(RESUME_UP, lambda wildcards: f"rm{wildcards.member}", "ensemble"),
     threads: config["threads"]["default"]
     resources:
         gpu=res("reward_model", "gpu"),
@@ -20,4 +20,4 @@ rule reward_model:
         ENV
     shell:
         launch("reward_model") + " -- --lineage {params.lineage} --version-mismatch {params.versions} train --objective rm --params {params.cfg:q}"
-        " --init {input.sft} --data {input.data} --out {output} --resume {params.resume} > {log} 2>&1"
+        " --init {input.sft} --data {input.data} --out {output} {params.resume} > {log} 2>&1"

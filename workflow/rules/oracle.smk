@@ -8,7 +8,7 @@ rule oracle:
         cfg=oracle_params(),
         versions=VERSION_MISMATCH,
         lineage=lineage_oracle(),
-        resume=f"{RESUME_UP}/oracle",
+        resume=resume_args(RESUME_UP, "oracle", "oracle"),
     threads: config["threads"]["default"]
     resources:
         gpu=res("oracle", "gpu"),
@@ -20,7 +20,7 @@ rule oracle:
         ENV
     shell:
         launch("oracle") + " -- --lineage {params.lineage} --version-mismatch {params.versions} train --objective oracle --params {params.cfg:q}"
-        " --init {input.init} --data {input.data} --out {output} --resume {params.resume} > {log} 2>&1"
+        " --init {input.init} --data {input.data} --out {output} {params.resume} > {log} 2>&1"
 
 
 # Only with oracle.base: the Oracle's own starting model (e.g. OPT-1.3B under any policy), made

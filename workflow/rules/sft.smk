@@ -8,7 +8,7 @@ rule sft:
         cfg=as_json(train_params("sft")),
         versions=VERSION_MISMATCH,
         lineage=lineage_sft(),
-        resume=f"{RESUME_UP}/sft",
+        resume=resume_args(RESUME_UP, "sft", "sft"),
     threads: config["threads"]["sft"]
     resources:
         gpu=res("sft", "gpu"),
@@ -20,4 +20,4 @@ rule sft:
         ENV
     shell:
         launch("sft") + " -- --lineage {params.lineage} --version-mismatch {params.versions} train --objective sft --params {params.cfg:q}"
-        " --init {input.base} --data {input.data} --out {output} --resume {params.resume} > {log} 2>&1"
+        " --init {input.base} --data {input.data} --out {output} {params.resume} > {log} 2>&1"

@@ -69,11 +69,19 @@ WORLD_SEEDS = STUDY["seeds"]["world"]
 TRAIN_SEEDS = STUDY["seeds"]["train"]
 
 
+def _without_save_every(node):
+    """``node`` without the resume-state interval, wherever a section sets it (common.smk's
+    RESUME_KEYS): how often a job keeps a resume state changes no artifact."""
+    if isinstance(node, dict):
+        return {k: _without_save_every(v) for k, v in node.items() if k != "save_every"}
+    return [_without_save_every(v) for v in node] if isinstance(node, list) else node
+
+
 def _world_key(cfg):
     """What the world-level artifacts depend on: every key but the align keys, the folders and the
     compute settings (threads and resources change how fast a job runs, not what it makes)."""
     skip = ("align", "out_dir", "upstream_dir", "resume_dir", "threads", "resources")
-    return json.dumps({k: v for k, v in cfg.items() if k not in skip}, sort_keys=True)
+    return json.dumps(_without_save_every({k: v for k, v in cfg.items() if k not in skip}), sort_keys=True)
 
 
 def _method_key(cfg, method):
@@ -84,7 +92,8 @@ def _method_key(cfg, method):
     section = cfg["align"][method]
     base = section.get("base", method)
     keys = {**cfg["align"][base], **section} if base != method else section
-    return json.dumps([method, _world_key(cfg), cfg["train"], cfg["align"]["common"], keys], sort_keys=True)
+    return json.dumps(_without_save_every([method, _world_key(cfg), cfg["train"], cfg["align"]["common"], keys]),
+                      sort_keys=True)
 
 
 # Expand: runs in order (baseline first), worlds and method cells deduplicated by their keys.

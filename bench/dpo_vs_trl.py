@@ -361,7 +361,8 @@ def _ratio(a: dict, b: dict, key: str) -> float:
 
 def summarise(results: dict[str, list[dict]], model: str, dtype: str, memory: str = "peak_rss_mb") -> dict:
     """Each runner's figures over its repeats (min and median), and each ratio against its target
-    (ratios of medians; tokens/s per wall second and per CPU second of the worker; ``memory``: the
+    (ratios of medians, judged; each repeat's ratio beside them; tokens/s per wall second and per
+    CPU second of the worker; ``memory``: the
     peak compared, the process's RSS or, on a GPU, the device memory torch allocated)."""
     out: dict = {}
     for r, runs in results.items():
@@ -378,9 +379,12 @@ def summarise(results: dict[str, list[dict]], model: str, dtype: str, memory: st
     def speed(name: str, a: str, b: str, target: float | None, at_most: bool = False, invert: bool = False):
         wall = _ratio(out[a], out[b], "tokens_per_s_median")
         cpu = _ratio(out[a], out[b], "tokens_per_cpu_s_median")
+        # each repeat's pair, run back to back: the spread between processes that the medians hide
+        paired = [x["tokens_per_s"] / y["tokens_per_s"] for x, y in zip(results[a], results[b])]
         if invert:  # a step-time ratio: the same tokens per step, so the inverse of tokens/s
-            wall, cpu = 1 / wall, 1 / cpu
-        row = {"what": name, "wall": round(wall, 3), "cpu": round(cpu, 3)}
+            wall, cpu, paired = 1 / wall, 1 / cpu, [1 / x for x in paired]
+        row = {"what": name, "wall": round(wall, 3), "cpu": round(cpu, 3),
+               "wall_per_repeat": [round(x, 3) for x in paired]}
         if target is not None:
             ok = (lambda x: x <= target) if at_most else (lambda x: x >= target)
             row |= {"target": f"{'<=' if at_most else '>='} {target}", "met": {"wall": ok(wall), "cpu": ok(cpu)}}

@@ -3,6 +3,7 @@ bench/dpo_vs_trl.py need TRL (``pip install -e '.[bench]'``) and are skipped wit
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -95,6 +96,8 @@ def test_dpo_bench_our_runners(dpo_work):
     rows = {t["what"]: t for t in summary["targets"]}
     cost = rows["step time, drdo-drdo (DRDO) over drdo (DPO)"]
     assert cost["target"] == "<= 1.05" and set(cost["met"]) == {"wall", "cpu"} and cost["cpu"] > 0
+    steps = {r: statistics.median(runs[r]["step_s"]) for r in ("drdo", "drdo-drdo")}
+    assert cost["wall_per_repeat"] == [round(steps["drdo-drdo"] / steps["drdo"], 3)]  # one repeat: the median's pair
     assert rows["tokens/s, drdo-bf16 over drdo"]["cpu"] > 0
 
 

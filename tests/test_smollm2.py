@@ -122,6 +122,9 @@ def test_winrates_from_smollm2(workdir):
     # drdo vs dpo, each vs SFT, the reference vs each: 5 comparisons x 2 eval sets x 2 scorers
     assert len(w) == 5 * 2 * 2 and set(w["split"]) == {"all"} and set(w["temperature"]) == {0.7}
     assert set(w["scorer"]) == {"oracle", "gold"} and (w["n"] == 3).all()
+    # no e-DPO: no ensemble member trained, none in the validation table
+    assert set(pd.read_csv(workdir / OUT / "validation.csv")["model"]) == {"oracle", "drdo-all", "dpo-all"}
+    assert not list((workdir / OUT / "models").glob("rm*"))
 
 
 @pytest.mark.e2e

@@ -185,6 +185,14 @@ def test_ensemble_size_change_trains_only_the_new_member(workdir):
                     "validation_report": 1, "winrates": 1}
 
 
+def test_a_run_without_edpo_trains_no_ensemble(workdir):
+    """The ensemble members are trained only for a method that reads their rewards."""
+    override = "synthetic: {seed: 7}\nalign: {methods: [drdo, dpo]}"
+    jobs = planned_jobs(snakemake(workdir, "-n", f"{OUT}/winrates.csv", override=override))
+    assert jobs["align"] == 6 and jobs["oracle"] == 1 and jobs["validation_report"] == 1
+    assert "reward_model" not in jobs and "ensemble_table" not in jobs
+
+
 def test_attention_kernel_change_reruns_exactly_the_jobs_that_run_models(workdir):
     """model.attn_implementation: every training, table, generation and scoring job (and what reads
     them); not the data stages, nor the base model, whose checkpoint does not record the kernel."""

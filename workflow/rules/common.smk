@@ -328,6 +328,9 @@ def _tables(method):
 
 
 METHOD_TABLES = {m: _tables(m) for m in METHODS}
+# The ensemble members are trained only where a method reads their rewards (e-DPO): at the paper's
+# scale each is a reward-model run, wasted on a run of DRDO and DPO alone.
+TRAINED_MEMBERS = MEMBERS if any("ensemble_rewards" in t for t in METHOD_TABLES.values()) else []
 
 
 def method_tables(wildcards):
@@ -474,7 +477,7 @@ def oracle_init(wildcards):
 
 
 def curve_models(wildcards):
-    """The aligned policies of one split, or the world's models (SFT, Oracle, ensemble)."""
+    """The aligned policies of one split, or the world's models (SFT, Oracle, ensemble if trained)."""
     if wildcards.group == "world":
-        return [f"{UP}/models/sft", f"{UP}/models/oracle"] + [f"{UP}/models/rm{m}" for m in MEMBERS]
+        return [f"{UP}/models/sft", f"{UP}/models/oracle"] + [f"{UP}/models/rm{m}" for m in TRAINED_MEMBERS]
     return [f"{OUT}/models/{m}-{wildcards.group}" for m in METHODS]

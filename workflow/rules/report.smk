@@ -2,7 +2,7 @@ rule validation_report:
     localrule: True
     input:
         models=[f"{UP}/models/oracle"]
-        + expand(f"{UP}/models/rm{{member}}", member=MEMBERS)
+        + expand(f"{UP}/models/rm{{member}}", member=TRAINED_MEMBERS)
         + expand(f"{OUT}/models/{{policy}}", policy=POLICIES[1:]),
     output:
         table=report(f"{OUT}/validation.csv", caption="../report/validation.rst", category="Tables", labels={"run": OUT, "table": "validation"}),

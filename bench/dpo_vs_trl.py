@@ -362,8 +362,8 @@ def _ratio(a: dict, b: dict, key: str) -> float:
 def summarise(results: dict[str, list[dict]], model: str, dtype: str, memory: str = "peak_rss_mb") -> dict:
     """Each runner's figures over its repeats (min and median), and each ratio against its target
     (ratios of medians, judged; each repeat's ratio beside them; tokens/s per wall second and per
-    CPU second of the worker; ``memory``: the
-    peak compared, the process's RSS or, on a GPU, the device memory torch allocated)."""
+    CPU second of the worker; ``memory``: the peak compared, the process's RSS or, on a GPU, the
+    device memory torch allocated)."""
     out: dict = {}
     for r, runs in results.items():
         tps, cps = [x["tokens_per_s"] for x in runs], [x["tokens_per_cpu_s"] for x in runs]

@@ -28,9 +28,10 @@ KEY = "sk-test-DO-NOT-LEAK-3f9a1c7e5b"
 
 
 # --------------------------------------------------------------------------- a fake judge
-def completion(content: str, prompt_tokens: int = 120, completion_tokens: int = 12) -> Response:
+def completion(content: str, prompt_tokens: int = 120, completion_tokens: int = 12, finish_reason: str = "stop") -> Response:
     body = {"id": "c", "object": "chat.completion", "created": 0, "model": "fake",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                         "finish_reason": finish_reason}],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens}}
     return Response(json.dumps(body), content_type="application/json")
@@ -172,14 +173,18 @@ def test_consistent_judge_both_orders_cache_and_winrates(httpserver, inputs, tmp
     n_calls = js.expected_calls(inputs, p)
     report, v = judge(inputs, out, base_url=srv.base_url, max_concurrency=3)
     assert srv.requests == n_calls and sorted(js.cache_keys(out)) == sorted(set(js.cache_keys(out)))
-    # 2 comparisons x 2 eval sets x 3 prompts, each judged in both orders
-    assert len(v) == 12 and (v["raw_ab"].str.contains("Preferred")).all()
+    # 2 comparisons x 2 eval sets x 3 prompts, each judged in both orders; the faithful writer
+    # (drdo) wrote the reference's very text on 3 prompts: ties, not asked
+    assert len(v) == 12 and v["identical"].sum() == 3 and srv.requests == 2 * 9
+    assert (v.loc[~v["identical"], "raw_ab"].str.contains("Preferred")).all()
     pd.testing.assert_series_equal(v["outcome"], expected_outcome(v), check_names=False)
     assert (report["wins"] + report["ties"] + report["losses"] == report["n"]).all()
     assert (report["n"] + report["dropped"] == 3).all() and (report["dropped"] == 0).all()
-    assert (report["calls"] == 6).all() and (report["prompt_tokens"] == 6 * 120).all()
-    assert report["cost_usd"].sum() == pytest.approx(12 * 2 * (120 * 2.5 + 12 * 10.0) / 1e6, abs=5e-4)  # CSV: 4 decimals
-    assert report["position_flip_rate"].eq(report["ties"] / report["n"]).all()
+    asked = 3 - report["identical"]
+    assert (report["calls"] == 2 * asked).all() and (report["prompt_tokens"] == 2 * asked * 120).all()
+    assert report["cost_usd"].sum() == pytest.approx(9 * 2 * (120 * 2.5 + 12 * 10.0) / 1e6, abs=5e-4)  # CSV: 4 decimals
+    # a consistent judge ties only where it follows the position: on the pairs it was asked about
+    assert report["position_flip_rate"].eq((report["ties"] - report["identical"]) / asked).all()
     # the judge's agreement with the synthetic world's gold reward, on decisive verdicts
     assert report["gold_agreement_n"].sum() > 0 and report["gold_agreement"].between(0, 1).any()
 
@@ -197,6 +202,10 @@ def test_consistent_judge_both_orders_cache_and_winrates(httpserver, inputs, tmp
     jw = w[w["scorer"] == "judge"].reset_index(drop=True)
     assert list(w.columns) == COLUMNS and len(jw) == len(report)
     assert (jw[["wins", "ties", "losses", "n"]].to_numpy() == report[["wins", "ties", "losses", "n"]].to_numpy()).all()
+    assert (jw["n_dropped"] == report["dropped"]).all() and jw["n_too_long"].isna().all()
+    assert (w.loc[w["scorer"] != "judge", "n_too_long"] == 0).all()
+    lines = (out / "winrates.csv").read_text().splitlines()
+    assert lines[0].endswith(",n_too_long,n_dropped") and not any("." in x for r in lines[1:] for x in r.split(",")[-2:])
     assert ((jw["ci_low"] <= jw["win_rate"]) & (jw["win_rate"] <= jw["ci_high"])).all()
     assert io.read_provenance(out / "winrates.csv")["inputs"]["judge"]["sha256"]
 
@@ -209,27 +218,56 @@ def test_position_biased_judge_gives_ties(httpserver, inputs, tmp_path):
     assert (report["win_rate"] == 0.5).all() and report["gold_agreement_n"].sum() == 0
 
 
+def test_identical_responses_are_ties_without_a_call_and_no_position_flip(httpserver, inputs, tmp_path):
+    # DPO writes DRDO's very text on the first prompt of each eval set
+    drdo = io.read_parquet(inputs["scores"]["drdo-all"]).set_index(["eval_set", "prompt_id", "temperature"])
+    dpo = io.read_parquet(inputs["scores"]["dpo-all"])
+    first = dpo["prompt_id"].str.endswith("-0")
+    dpo.loc[first, "response"] = drdo.loc[pd.MultiIndex.from_frame(dpo.loc[first, drdo.index.names]), "response"].to_numpy()
+    copied = {**inputs, "scores": {**inputs["scores"], "dpo-all": tmp_path / "dpo-all.parquet"}}
+    io.write_parquet(dpo, copied["scores"]["dpo-all"], {"stage": "test"})
+    srv = Server(httpserver)
+    report, v = judge(copied, tmp_path / "out", base_url=srv.base_url)
+    same = v["response_a"] == v["response_b"]
+    assert v["identical"].equals(same) and same[v["policy_b"] == "dpo"].sum() == 2
+    assert srv.requests == js.expected_calls(copied, js.params(base_url=srv.base_url)) == 2 * (~same).sum()
+    assert (v.loc[same, "outcome"] == 0.5).all() and v.loc[same, ["raw_ab", "raw_ba", "verdict_ab"]].isna().all().all()
+    pair = report[report["policy_b"] == "dpo"]
+    assert (pair["identical"] == 1).all() and (pair["n"] == 3).all() and (pair["calls"] == 4).all()
+    asked = v[~same & (v["policy_b"] == "dpo")]
+    for eval_set, row in pair.set_index("eval_set").iterrows():  # position statistics on the pairs asked only
+        a = asked[asked["eval_set"] == eval_set]
+        assert row["position_flip_rate"] == pytest.approx((a["outcome"] == 0.5).mean())
+        single = pd.concat([a["verdict_ab"], a["verdict_ba"]])
+        assert row["first_position_win_rate"] == pytest.approx((single == "A").mean())
+    assert (report["unusable_verdicts"] == 0).all() and (report["dropped"] == 0).all()
+
+
 def test_garbage_verdicts_are_dropped_counted_and_stored(httpserver, inputs, tmp_path, caplog):
-    def some_garbage(request):
+    def some_garbage(request):  # on news, answers cut short at max_tokens before any verdict
         text = request.get_json()["messages"][0]["content"]
-        return completion("Both summaries are great!") if "news article" in text else longer_wins(request)
+        return completion("Both summaries are great! The first", finish_reason="length") if "news article" in text \
+            else longer_wins(request)
 
     srv = Server(httpserver, answer=some_garbage)
     out = tmp_path / "out"
     with caplog.at_level(logging.WARNING, logger="drdo.judge"):
-        report, v = judge(inputs, out, base_url=srv.base_url)
+        report, v = judge(inputs, out, base_url=srv.base_url, comparisons=[["drdo", "dpo"], ["edpo", "dpo"]])
     # half of the verdicts, but whole comparisons without a usable outcome: said in the log, not only the CSV
     warnings = [r.getMessage() for r in caplog.records if r.name == "drdo.judge" and r.levelno == logging.WARNING]
     assert len(warnings) == 1 and warnings[0].startswith("12 of 24 judge verdicts (50%) are unusable")
     assert "; 2 of 4 comparisons have no usable outcome" in warnings[0] and "judge.response_format: json_schema" in warnings[0]
+    assert "; 12 answers were cut short at judge.max_tokens=256" in warnings[0]
     news = report[report["eval_set"] == "news"]
     assert (news["n"] == 0).all() and (news["dropped"] == 3).all() and (news["unusable_verdicts"] == 6).all()
+    assert (news["cut_short"] == 6).all() and (report.loc[report["eval_set"] == "tldr", "cut_short"] == 0).all()
     assert news["win_rate"].isna().all()
     tldr = report[report["eval_set"] == "tldr"]
     assert (tldr["dropped"] == 0).all() and (tldr["n"] == 3).all()
-    assert (v.loc[v["eval_set"] == "news", "raw_ab"] == "Both summaries are great!").all()  # kept to re-parse
+    assert (v.loc[v["eval_set"] == "news", "raw_ab"] == "Both summaries are great! The first").all()  # kept to re-parse
+    assert (v.loc[v["eval_set"] == "news", ["finish_reason_ab", "finish_reason_ba"]] == "length").all().all()
     before = srv.requests
-    judge(inputs, out, base_url=srv.base_url)  # unusable answers are paid answers: cached, not asked again
+    judge(inputs, out, base_url=srv.base_url, comparisons=[["drdo", "dpo"], ["edpo", "dpo"]])  # unusable answers are paid answers: cached, not asked again
     assert srv.requests == before
 
 
@@ -243,7 +281,8 @@ def test_mostly_unusable_verdicts_warn_with_count_share_and_what_to_try(httpserv
 
     srv = Server(httpserver, answer=news_first_longer)
     with caplog.at_level(logging.WARNING, logger="drdo.judge"):
-        report, v = judge(inputs, tmp_path / "out", base_url=srv.base_url, response_format="json_schema")
+        report, v = judge(inputs, tmp_path / "out", base_url=srv.base_url, response_format="json_schema",
+                          comparisons=[["drdo", "dpo"], ["edpo", "dpo"]])
     unusable = int(v["verdict_ab"].isna().sum() + v["verdict_ba"].isna().sum())
     assert 0.5 < unusable / 24 < 1
     warnings = [r.getMessage() for r in caplog.records if r.name == "drdo.judge" and r.levelno == logging.WARNING]
@@ -256,7 +295,7 @@ def test_a_judge_without_one_usable_verdict_fails_saying_what_to_try(httpserver,
     srv = Server(httpserver, answer=lambda r: completion("Both are fine, really."))
     out = tmp_path / "out"
     with pytest.raises(jclient.JudgeError) as err:
-        judge(inputs, out, base_url=srv.base_url)
+        judge(inputs, out, base_url=srv.base_url, comparisons=[["drdo", "dpo"], ["edpo", "dpo"]])
     msg = str(err.value)
     assert msg.startswith("24 of 24 judge verdicts (100%) are unusable") and "no judge win-rate can be computed" in msg
     assert "The first answer was 'Both are fine, really.'" in msg and "judge.response_format: json_schema" in msg
@@ -376,6 +415,10 @@ def test_truncated_cache_line_is_skipped_and_that_call_made_again(httpserver, in
     lines = cache.read_text().splitlines(keepends=True)
     cache.write_text("".join(lines[:-1]) + lines[-1][:40])  # a kill in the middle of the last write
     before = srv.requests
+    judge(inputs, out, base_url=srv.base_url)
+    assert srv.requests - before == 1
+    # the answer made again is kept: not glued onto the torn line and lost on the next read
+    assert all(json.loads(line)["key"] for line in cache.read_text().splitlines())
     judge(inputs, out, base_url=srv.base_url)
     assert srv.requests - before == 1
 

@@ -90,8 +90,9 @@ def test_real_server_protocol_cache_and_accounting(llama, tmp_path):
     assert len(v) == 8 and len(report) == 4
     assert (report["n"] + report["dropped"] == 2).all()
     assert (report["wins"] + report["ties"] + report["losses"] == report["n"]).all()
+    asked = v[~v["identical"]]  # identical responses are ties without a call
     for order in ("ab", "ba"):  # verdicts are exactly what the stored raw answers say
-        assert v[f"verdict_{order}"].tolist() == [parse_verdict(t) for t in v[f"raw_{order}"]]
+        assert asked[f"verdict_{order}"].tolist() == [parse_verdict(t) for t in asked[f"raw_{order}"]]
     # accounting: the cache's usage is the server's, the report's is the cache's
     cache = [json.loads(line) for line in (out / ".judge_cache" / "judge.jsonl").read_text().splitlines()]
     assert len(cache) == n_calls and all(r["completion_tokens"] > 0 for r in cache)

@@ -57,7 +57,9 @@ class Call:
 class CallCache:
     """Append-only JSON lines ``{key, content, finish_reason, prompt_tokens, completion_tokens, ...}``.
 
-    A line cut short by a kill is skipped on reading (its call is simply made again)."""
+    A line cut short by a kill is skipped on reading (its call is simply made again), and the file
+    is rewritten without it at once: an answer appended after a torn line would otherwise be
+    glued onto it and lost on every later read."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -72,6 +74,8 @@ class CallCache:
                         self.records[rec["key"]] = rec
                     except (json.JSONDecodeError, KeyError, TypeError):
                         self.skipped += 1
+            if self.skipped:
+                self._rewrite()
 
     def __contains__(self, key: str) -> bool:
         return key in self.records
@@ -83,12 +87,16 @@ class CallCache:
         """Forget the answers under ``keys`` (rewrites the file atomically)."""
         with self._lock:
             self.records = {k: r for k, r in self.records.items() if k not in keys}
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            with open(tmp, "w", encoding="utf-8") as fh:
-                fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in self.records.values())
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
+            self._rewrite()
+
+    def _rewrite(self) -> None:
+        """The file holds exactly ``records`` (written beside it, then renamed over it)."""
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in self.records.values())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
 
     def put(self, rec: dict) -> None:
         line = json.dumps(rec, ensure_ascii=False) + "\n"

@@ -3,7 +3,9 @@
 Each selected comparison (A, B) on each sampled prompt is judged twice, A shown first and B
 shown first. Both orders prefer the same response: a win (1) or a loss (0) for A; they disagree
 (the verdict followed the position, not the text): a tie (0.5); either order without a usable
-verdict: the prompt is dropped from the denominator and counted.
+verdict: the prompt is dropped from the denominator and counted. Two identical responses are a tie
+without a call, as for every other scorer: a verdict on them could only follow the position, so it
+would count as a position flip and spend two answers on nothing.
 """
 
 from __future__ import annotations
@@ -71,12 +73,17 @@ def plan(scores: pd.DataFrame, prompts: pd.DataFrame, p: dict) -> pd.DataFrame:
 
 
 def calls(items: pd.DataFrame, templates: dict[str, str], p: dict, model_id: str) -> tuple[pd.DataFrame, list[Call]]:
-    """Render both orders of every item; returns items with ``key_ab``/``key_ba`` and the unique calls."""
+    """Render both orders of every item; returns items with ``key_ab``/``key_ba`` (None for two
+    identical responses: nothing to ask) and the unique calls."""
     sampling = {"temperature": p["temperature"], "max_tokens": p["max_tokens"],
                 "response_format": response_format(p["response_format"])}
     unique: dict[str, Call] = {}
     keys = {"ab": [], "ba": []}
     for r in items.itertuples(index=False):
+        if r.response_a == r.response_b:
+            keys["ab"].append(None)
+            keys["ba"].append(None)
+            continue
         if r.eval_set in p.get("instruction_sets", []):
             template = templates["instruction"]
         elif "reference" in (r.policy_a, r.policy_b):
@@ -96,21 +103,27 @@ def calls(items: pd.DataFrame, templates: dict[str, str], p: dict, model_id: str
 
 
 def outcomes(items: pd.DataFrame, cache: CallCache, prices: dict) -> pd.DataFrame:
-    """Per item: raw answers, verdicts, the outcome for A (1 / 0.5 / 0, NaN when dropped), tokens, cost."""
+    """Per item: raw answers, verdicts, why each answer ended (``finish_reason``; ``length``: cut
+    short at judge.max_tokens), the outcome for A (1 / 0.5 / 0, NaN when dropped), tokens, cost.
+    Identical responses (``identical``) have no answer and the outcome 0.5."""
     out = items.drop(columns=["prompt", "document", "reference"])
+    out["identical"] = out["key_ab"].isna()
+    empty = {"content": None, "finish_reason": None, "prompt_tokens": 0, "completion_tokens": 0}
     cols = {}
     for order in ("ab", "ba"):
-        recs = [cache.get(k) for k in out[f"key_{order}"]]
+        recs = [empty if same else cache.get(k) for k, same in zip(out[f"key_{order}"], out["identical"])]
         if any(r is None for r in recs):
             raise RuntimeError("judge: an answer is missing from the cache after the calls")  # a bug, never data
         cols[f"raw_{order}"] = [r["content"] for r in recs]
-        cols[f"verdict_{order}"] = [parse_verdict(r["content"]) for r in recs]
+        cols[f"verdict_{order}"] = [None if r["content"] is None else parse_verdict(r["content"]) for r in recs]
+        cols[f"finish_reason_{order}"] = [r.get("finish_reason") for r in recs]
         cols[f"prompt_tokens_{order}"] = [r["prompt_tokens"] for r in recs]
         cols[f"completion_tokens_{order}"] = [r["completion_tokens"] for r in recs]
     out = out.assign(**cols)
     a_first = out["verdict_ab"].map({"A": 1.0, "B": 0.0})   # A shown first: "A" is policy A
     b_first = out["verdict_ba"].map({"A": 0.0, "B": 1.0})   # B shown first: "A" is policy B
     out["outcome"] = (a_first + b_first) / 2                # NaN when either order has no verdict
+    out.loc[out["identical"], "outcome"] = 0.5
     out["prompt_tokens"] = out["prompt_tokens_ab"] + out["prompt_tokens_ba"]
     out["completion_tokens"] = out["completion_tokens_ab"] + out["completion_tokens_ba"]
     out["cost_usd"] = cost_usd(out["prompt_tokens"], out["completion_tokens"], prices)
@@ -127,24 +140,30 @@ def _agreement(g: pd.DataFrame, scorer: str) -> tuple[float, int]:
 
 
 def report(verdicts: pd.DataFrame, with_gold: bool) -> pd.DataFrame:
-    """Per comparison: counts, position statistics, lengths, tokens, cost, agreement with the scorers."""
+    """Per comparison: counts, position statistics (on the pairs asked: identical responses are
+    not), lengths, tokens, cost, agreement with the scorers."""
     rows = []
     for key, g in verdicts.groupby(KEY, sort=False):
         used = g["outcome"].dropna()
         n = len(used)
-        single = pd.concat([g["verdict_ab"], g["verdict_ba"]]).dropna()
+        asked = g[~g["identical"]]
+        decided = asked["outcome"].dropna()
+        single = pd.concat([asked["verdict_ab"], asked["verdict_ba"]]).dropna()
+        ends = pd.concat([asked["finish_reason_ab"], asked["finish_reason_ba"]])
         gold_agree, gold_n = _agreement(g, "gold") if with_gold else (np.nan, 0)
         oracle_agree, oracle_n = _agreement(g, "oracle")
         rows.append({
             **dict(zip(KEY, key)), "n": n, "wins": int((used == 1).sum()), "ties": int((used == 0.5).sum()),
             "losses": int((used == 0).sum()), "dropped": int(g["outcome"].isna().sum()),
             "win_rate": used.mean() if n else np.nan,
-            "position_flip_rate": (used == 0.5).mean() if n else np.nan,
+            "identical": int(g["identical"].sum()),
+            "position_flip_rate": (decided == 0.5).mean() if len(decided) else np.nan,
             "first_position_win_rate": (single == "A").mean() if len(single) else np.nan,
-            "unusable_verdicts": int(g["verdict_ab"].isna().sum() + g["verdict_ba"].isna().sum()),
+            "unusable_verdicts": int(asked["verdict_ab"].isna().sum() + asked["verdict_ba"].isna().sum()),
+            "cut_short": int((ends == "length").sum()),
             "mean_words_a": g["response_a"].str.split().str.len().mean(),
             "mean_words_b": g["response_b"].str.split().str.len().mean(),
-            "calls": 2 * len(g), "prompt_tokens": int(g["prompt_tokens"].sum()),
+            "calls": 2 * len(asked), "prompt_tokens": int(g["prompt_tokens"].sum()),
             "completion_tokens": int(g["completion_tokens"].sum()), "cost_usd": g["cost_usd"].sum(),
             "gold_agreement": gold_agree, "gold_agreement_n": gold_n,
             "oracle_agreement": oracle_agree, "oracle_agreement_n": oracle_n,

@@ -127,8 +127,9 @@ def check_usable(verdicts: pd.DataFrame, table: pd.DataFrame, p: dict, cache: st
     with the count, the share and what to try. The answers stay cached either way: a rerun with a
     better parser pays nothing, and a changed judge.response_format asks again.
     """
-    total = 2 * len(verdicts)
-    unusable = int(verdicts["verdict_ab"].isna().sum() + verdicts["verdict_ba"].isna().sum())
+    asked = verdicts[~verdicts["identical"]]  # identical responses are ties without a verdict
+    total = 2 * len(asked)
+    unusable = int(asked["verdict_ab"].isna().sum() + asked["verdict_ba"].isna().sum())
     if not total or not unusable:
         return
     if p["response_format"] == "text":
@@ -138,8 +139,10 @@ def check_usable(verdicts: pd.DataFrame, table: pd.DataFrame, p: dict, cache: st
         hint = ("check that the server honours response_format (json_schema), raise judge.max_tokens if answers "
                 "are cut short, or use a stronger judge.model")
     said = f"{unusable} of {total} judge verdicts ({unusable / total:.0%}) are unusable (no 'Preferred: A|B')"
+    if cut := int(table["cut_short"].sum()):
+        said += f"; {cut} answers were cut short at judge.max_tokens={p['max_tokens']}"
     if unusable == total:
-        raw = verdicts["raw_ab"].iloc[0]
+        raw = asked["raw_ab"].iloc[0]
         example = raw[:200] + ("..." if len(raw) > 200 else "")
         raise JudgeError(f"{said}: no judge win-rate can be computed. The first answer was {example!r}; {hint}. "
                          f"The answers are kept in {cache}.")

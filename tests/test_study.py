@@ -114,6 +114,17 @@ def test_interval_follows_the_design():
     assert study.interval(agree, 1000, 0)[2] - study.interval(agree, 1000, 0)[1] < 0.1 < hi - lo
 
 
+def test_one_world_mean_is_of_the_prompts_its_interval_is_about():
+    """Seed 0 scored 40 prompts (30 won), seed 1 only 10 of them (all lost): the crossed interval
+    needs prompts every seed scored, and the mean is over the same 10, so it lies inside it."""
+    y = np.full((1, 2, 40), np.nan)
+    y[0, 0] = np.r_[np.zeros(10), np.ones(30)]
+    y[0, 1, :10] = 0.0
+    mean, lo, hi, n_worlds = study.interval(y, 1000, 0)
+    assert n_worlds == 1 and lo <= mean <= hi
+    assert (mean, lo, hi) == pytest.approx(intervals.crossed_interval(y[0, :, :10]))
+
+
 def test_aggregate_rows_per_factor_level(tmp_path):
     files = _files(tmp_path, {"sft": _scores("sft", "-", [0] * 4, [0] * 4),
                               "reference": _scores("reference", "-", [9] * 4, [9] * 4),

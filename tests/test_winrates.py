@@ -184,7 +184,8 @@ def test_winrate_table_reports_unfinished_shares_and_rule(tmp_path):
     assert (row["wins"], row["ties"], row["losses"], row["n"]) == (0, 1, 2, 3)
     drop = winrate_table(scores, ["all"], ["drdo", "dpo"], ["oracle"], "drop")
     row = drop[(drop["policy_a"] == "drdo") & (drop["policy_b"] == "dpo") & (drop["temperature"] == 0.25)].iloc[0]
-    assert (row["wins"], row["ties"], row["losses"], row["n"], row["n_too_long"]) == (0, 1, 1, 2, 0)
+    assert (row["wins"], row["ties"], row["losses"], row["n"], row["n_too_long"], row["n_dropped"]) == (0, 1, 1, 2, 0, 1)
+    assert (table["n_dropped"] == 0).all() and (loss["n_dropped"] == 0).all()  # only 'drop' leaves prompts out
 
 
 # (oracle_a, oracle_b, finished_a, finished_b, same text) -> outcome under as_scored, loss, drop;
@@ -235,21 +236,37 @@ def test_too_long_is_left_out_and_counted_any_other_missing_score_is_an_error(tm
 
 # --------------------------------------------------------------------------- the interval
 def _score_bounds_by_search(outcome):
-    """The continuity-corrected score interval found by scanning p, from its definition."""
+    """The interval scanned over d = P(win) - P(loss) from its definition: at each d the
+    maximum-likelihood P(loss) q found by ternary search on the (concave) log-likelihood, not by
+    the code's closed form; the win-rate bounds are (1 + d) / 2 at the scan's ends."""
     o = np.asarray(outcome, dtype=float)
-    n, p_hat = len(o), o.mean()
-    c = p_hat * (1 - p_hat) - o.var()
-    grid = np.linspace(0, 1, 2_000_001)
-    inside = (np.maximum(np.abs(p_hat - grid) - 0.5 / n, 0) ** 2) <= Z ** 2 * (grid * (1 - grid) - c) / n
-    return grid[inside].min(), grid[inside].max()
+    n, wins, losses = len(o), (o == 1).sum(), (o == 0).sum()
+    ties = n - wins - losses
+    d = np.linspace(-1, 1, 400_001)
+    lo_q, hi_q = np.maximum(0.0, -d), (1 - d) / 2
+
+    def loglik(q):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            terms = [k * np.log(x) if k else np.zeros_like(x) for k, x in ((wins, q + d), (losses, q), (ties, 1 - 2 * q - d))]
+        return sum(terms)
+
+    a, b = lo_q.copy(), hi_q.copy()
+    for _ in range(100):
+        m1, m2 = a + (b - a) / 3, b - (b - a) / 3
+        left = loglik(m1) < loglik(m2)
+        a, b = np.where(left, m1, a), np.where(left, b, m2)
+    q = (a + b) / 2
+    inside = np.maximum(np.abs(wins - losses - n * d) - 1, 0) ** 2 <= Z ** 2 * n * (2 * q + d * (1 - d)) + 1e-9
+    return (1 + d[inside].min()) / 2, (1 + d[inside].max()) / 2
 
 
-@pytest.mark.parametrize("wins,ties,losses", [(100, 0, 0), (0, 0, 100), (60, 0, 40), (30, 20, 50), (1, 2, 97)])
+@pytest.mark.parametrize("wins,ties,losses", [(100, 0, 0), (0, 0, 100), (60, 0, 40), (30, 20, 50), (1, 2, 97),
+                                               (0, 3, 0), (2, 45, 3), (0, 48, 2), (7, 1, 0)])
 def test_score_interval_matches_its_definition(wins, ties, losses):
     outcome = np.r_[np.ones(wins), np.full(ties, 0.5), np.zeros(losses)]
     r = outcome_stats(outcome)
     lo, hi = _score_bounds_by_search(outcome)
-    assert (r["ci_low"], r["ci_high"]) == (pytest.approx(lo, abs=2e-6), pytest.approx(hi, abs=2e-6))
+    assert (r["ci_low"], r["ci_high"]) == (pytest.approx(lo, abs=1e-5), pytest.approx(hi, abs=1e-5))
     assert r["ci_low"] <= r["win_rate"] <= r["ci_high"]
     if wins == 100:  # all prompts won: not the percentile bootstrap's [1, 1]
         assert r["ci_high"] == 1.0 and 0.95 < r["ci_low"] < 0.97

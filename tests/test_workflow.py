@@ -63,7 +63,7 @@ def test_winrates_table(workdir):
     w = pd.read_csv(workdir / OUT / "winrates.csv")
     assert list(w.columns) == ["eval_set", "split", "policy_a", "policy_b", "temperature", "scorer",
                                "wins", "ties", "losses", "n", "win_rate", "ci_low", "ci_high", "unfinished_a",
-                               "unfinished_b", "n_too_long"]
+                               "unfinished_b", "n_too_long", "n_dropped"]
     # 3 method pairs + 3 vs SFT + 3 reference-vs-method, per split, eval set, temperature, scorer
     assert len(w) == 9 * 3 * 2 * 2 * 2
     assert set(w["split"]) == {"all", "hc_he", "lc_le"} and set(w["scorer"]) == {"oracle", "gold"}
@@ -73,6 +73,7 @@ def test_winrates_table(workdir):
     assert (abs(w["win_rate"] - expected) < 1e-3).all()
     # 12 new tokens at most: some responses hit the cap (counted, scored as they are); the reference never
     assert w["unfinished_b"].between(0, 1).all() and (w["unfinished_b"] > 0).any() and (w["n_too_long"] == 0).all()
+    assert (w["n_dropped"] == 0).all()  # winrates.unfinished: as_scored
     assert (w.loc[w["policy_a"] == "reference", "unfinished_a"] == 0).all()
 
 
@@ -179,6 +180,22 @@ def test_resume_settings_rerun_nothing(workdir, tmp_path):
     assert f"--resume {tmp_path / 'scratch'}" in forced.stdout and "--save-every 3" in forced.stdout
 
 
+def test_version_mismatch_setting_reruns_nothing(workdir):
+    """version_mismatch decides whether a job goes on, not what it makes: switching it re-runs
+    nothing, and the jobs that do run get it."""
+    assert planned_jobs(snakemake(workdir, "-n", f"{OUT}/winrates.csv", override="version_mismatch: warn")) == {}
+    forced = snakemake(workdir, "-n", "-p", "--forcerun=align", f"{OUT}/models/drdo-all", override="version_mismatch: warn")
+    assert "--version-mismatch warn" in forced.stdout
+
+
+@pytest.mark.parametrize("override", [
+    "split: {seed: 5}",          # draws only a max_validation sample; there is none (null)
+    "model: {dtype: bfloat16}",  # a pretrained model's dtype: the tiny model has none
+])
+def test_keys_the_jobs_do_not_read_rerun_nothing(workdir, override):
+    assert planned_jobs(snakemake(workdir, "-n", f"{OUT}/winrates.csv", override=override)) == {}
+
+
 def test_ensemble_size_change_trains_only_the_new_member(workdir):
     jobs = planned_jobs(snakemake(workdir, "-n", f"{OUT}/winrates.csv", override="ensemble: {size: 3}"))
     assert jobs == {"reward_model": 1, "ensemble_table": 1, "align": 3, "generate": 3, "score_policy": 3,
@@ -219,6 +236,13 @@ def test_seed_change_reruns_everything(workdir):
     ("align: {methods: [drdo, d2], d2: {base: dpo, gamma: 1.0}}", "gamma"),  # only its base's keys
     ("align: {rdpo: {epsilon: 0.5}}", "epsilon"),
     ("winrates: {unfinished: ignore}", "unfinished"),
+    # the section that set it, not train's
+    ("align: {dpo: {deepspeed: config/deepspeed/nope.json}}", "config key align.dpo.deepspeed: cannot read"),
+    ("align: {methods: [drdo, d3], d3: {base: dpo, deepspeed: nope.json}}", "config key align.d3.deepspeed: cannot read"),
+    ("align: {methods: [drdo, d4], d4: {base: drdo, gamma: -1}}", "config key align.d4.gamma: -1 is less than the minimum of 0"),
+    ("model: {name_or_path: ./models/my-llama}", "config key model.name_or_path: './models/my-llama' names a local "
+                                                 "directory, and there is none"),
+    ("oracle: {base: /nowhere/my-oracle}", "config key oracle.base: '/nowhere/my-oracle' names a local directory"),
 ])
 def test_bad_config_stops_before_any_job(tmp_path, override, key):
     proc = snakemake(tmp_path, "-n", override=override, check=False)

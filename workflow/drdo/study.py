@@ -15,7 +15,8 @@ training seeds and prompts. The runs of one world share its data, SFT model, Ora
 prompts, so the world is the independent unit: with two or more worlds the 95% interval is
 ``intervals.world_interval`` on the world means (prompt and seed variance are inside them);
 with one world it is about that world alone: ``intervals.crossed_interval`` over its seeds x
-shared prompts, or with one seed ``intervals.score_interval`` over prompts (as winrates.csv).
+the prompts every seed could score (the mean too is over those), or with one seed
+``intervals.score_interval`` over prompts (as winrates.csv).
 
     python -m drdo.study --runs JSON --params JSON --out study.csv [--expect-lineage JSON]
     python -m drdo.study --outcomes study_outcomes.parquet --out study.csv [--params JSON]
@@ -133,13 +134,16 @@ def interval(y: np.ndarray, n_draws: int, seed: int) -> tuple[float, float, floa
         return float(mean), float(lo), float(hi), len(y)
     runs = y[0][~np.isnan(y[0]).all(axis=1)]  # [seeds with a value, prompts]
     runs = runs[:, ~np.isnan(runs).all(axis=0)]
-    mean = float(np.mean(np.nanmean(runs, axis=1)))
     complete = runs[:, ~np.isnan(runs).any(axis=0)]  # prompts every seed could score
     if len(runs) > 1 and complete.shape[1] > 1:
-        _, lo, hi = crossed_interval(complete)
+        # the crossed design needs every seed on every prompt: the mean is of those prompts too,
+        # so it is the estimate its interval is about
+        mean, lo, hi = crossed_interval(complete)
     else:
-        lo, hi = score_interval(runs.ravel())
-    return mean, float(lo), float(hi), 1
+        outcomes = runs.ravel()
+        mean = np.nanmean(outcomes)
+        lo, hi = score_interval(outcomes)
+    return float(mean), float(lo), float(hi), 1
 
 
 def _cube(g: pd.DataFrame, cols: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -8,7 +8,7 @@ leaves its prompt out of that scorer's rate, counted in ``n_too_long``; any othe
 score is an error. A response that hit the generation cap (``finished`` false) is counted in
 ``unfinished_a`` / ``unfinished_b`` and, by ``winrates.unfinished``, scored as it is
 (``as_scored``), counted as a loss (``loss``; two unfinished responses tie) or leaves its
-prompt out (``drop``). The 95% interval is ``intervals.score_interval`` (prompts are the
+prompt out (``drop``, counted in ``n_dropped``). The 95% interval is ``intervals.score_interval`` (prompts are the
 random unit).
 """
 
@@ -21,7 +21,8 @@ from . import io
 from .intervals import score_interval
 
 COLUMNS = ["eval_set", "split", "policy_a", "policy_b", "temperature", "scorer", "wins", "ties", "losses", "n",
-           "win_rate", "ci_low", "ci_high", "unfinished_a", "unfinished_b", "n_too_long"]
+           "win_rate", "ci_low", "ci_high", "unfinished_a", "unfinished_b", "n_too_long", "n_dropped"]
+COUNTS = ["n_too_long", "n_dropped"]  # integers, empty where they do not apply (n_too_long on judge rows)
 UNFINISHED = ("as_scored", "loss", "drop")
 TIE_TOL = 1e-9  # two different texts whose scores differ by no more than this tie
 SCORE_COLUMNS = ("eval_set", "prompt_id", "temperature", "response", "policy", "split", "finished", "too_long")
@@ -125,17 +126,23 @@ def winrate_table(scores: pd.DataFrame, splits: list[str], methods: list[str], s
                     too_long = int((no_score & g[f"outcome_{scorer}"].isna() & ~dropped).sum())
                     rows.append({"eval_set": eval_set, "split": split, "policy_a": a, "policy_b": b,
                                  "temperature": temp, "scorer": scorer, **outcome_stats(g[f"outcome_{scorer}"].to_numpy()),
-                                 **shares, "n_too_long": too_long})
-    return pd.DataFrame(rows, columns=COLUMNS)
+                                 **shares, "n_too_long": too_long, "n_dropped": int(np.sum(dropped))})
+    return _typed(pd.DataFrame(rows, columns=COLUMNS))
+
+
+def _typed(table: pd.DataFrame) -> pd.DataFrame:
+    return table.astype({c: "Int64" for c in COUNTS})
 
 
 def judge_table(verdicts: pd.DataFrame) -> pd.DataFrame:
     """``scorer: judge`` rows from the judge's per-prompt outcomes (``judge/verdicts.parquet``);
-    prompts without a usable verdict in both orders are not in the denominator. ``unfinished_a``,
-    ``unfinished_b`` and ``n_too_long`` are empty: the score rows of the same comparison hold them."""
+    prompts without a usable verdict in both orders are not in the denominator but in
+    ``n_dropped``. ``unfinished_a``, ``unfinished_b`` and ``n_too_long`` are empty: the score rows
+    of the same comparison hold them."""
     rows = []
     key = ["eval_set", "split", "policy_a", "policy_b", "temperature"]
     for k, g in verdicts.groupby(key, sort=False):
-        stats = outcome_stats(g["outcome"].to_numpy(dtype=float))
-        rows.append({**dict(zip(key, k)), "scorer": "judge", **stats})
-    return pd.DataFrame(rows, columns=COLUMNS)
+        outcome = g["outcome"].to_numpy(dtype=float)
+        rows.append({**dict(zip(key, k)), "scorer": "judge", **outcome_stats(outcome),
+                     "n_dropped": int(np.isnan(outcome).sum())})
+    return _typed(pd.DataFrame(rows, columns=COLUMNS))

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import psutil
 import pytest
@@ -38,6 +39,9 @@ PARAMS = {"lr": 1e-3, "batch_size": 4, "grad_accum": 2, "max_steps": 3, "warmup_
           "eval_batch_size": 8}
 DRDO = {**PARAMS, "alpha": 0.1, "gamma": 2.0, "student_reward": "head", "teacher": "oracle", "logp_agg": "sum",
         "head_seed": 0}
+# three members that disagree pair by pair: the min over members is decided by the whole batch
+EDPO = {**PARAMS, "beta": 0.1, "ensemble_size": 3, "reduction": "min"}
+TABLES = {"drdo": "oracle.parquet", "edpo": "edpo.parquet"}
 pytestmark = pytest.mark.distributed
 
 
@@ -54,6 +58,10 @@ def inputs(tmp_path_factory):
     io.write_parquet(pairs, d / "pairs.parquet", {})
     io.write_parquet(pairs[["pair_id"]].assign(oracle_chosen=[0.1 * i for i in range(8)], oracle_rejected=-0.3),
                      d / "oracle.parquet", {})
+    rng = np.random.default_rng(0)
+    members = {f"rm{k}_{side}": rng.normal(scale=3.0, size=8) for k in range(3) for side in ("chosen", "rejected")}
+    io.write_parquet(pairs[["pair_id"]].assign(ref_logp_chosen=-20.0, ref_logp_rejected=-22.0, **members),
+                     d / "edpo.parquet", {})
     sft = pd.DataFrame({"prompt": POSTS * 2, "response": ["it works now", "fixed it", "nothing"] * 5 + ["ok"]})
     io.write_parquet(sft, d / "sft.parquet", {})
     return d
@@ -63,8 +71,8 @@ def _train(inputs: Path, name: str, objective: str, params: dict, processes: int
     out = inputs / name
     args = ["train", "--objective", objective, "--params", json.dumps(params), "--init", str(inputs / "init"),
             "--out", str(out), "--resume", str(inputs / ".resume" / name)]
-    args += (["--data", str(inputs / "pairs.parquet"), "--tables", str(inputs / "oracle.parquet")]
-             if objective == "drdo" else ["--data", str(inputs / "sft.parquet")])
+    args += (["--data", str(inputs / "pairs.parquet"), "--tables", str(inputs / TABLES[objective])]
+             if objective != "sft" else ["--data", str(inputs / "sft.parquet")])
     cmd = [sys.executable, "-m", "drdo.launch", "--processes", str(processes), "--cpu-ranks", "--threads", "2", "--",
            *args]
     env = {**os.environ, "PYTHONPATH": f"{REPO / 'workflow'}:{os.environ.get('PYTHONPATH', '')}"}
@@ -98,7 +106,7 @@ def _assert_same_run(a: Path, b: Path, steps: int = PARAMS["max_steps"]):
         assert mb[col].tolist() == pytest.approx(ma[col].tolist(), rel=1e-5, abs=1e-6), col
 
 
-@pytest.mark.parametrize("objective,params", [("drdo", DRDO), ("sft", PARAMS)])
+@pytest.mark.parametrize("objective,params", [("drdo", DRDO), ("sft", PARAMS), ("edpo", EDPO)])
 def test_two_ddp_ranks_reproduce_one_process(inputs, objective, params):
     one = _train(inputs, f"{objective}-1", objective, params, 1)
     two = _train(inputs, f"{objective}-ddp2", objective, params, 2)
@@ -107,12 +115,14 @@ def test_two_ddp_ranks_reproduce_one_process(inputs, objective, params):
     assert not list(inputs.glob(f".{objective}-ddp2.*")), "a rank left a temporary output behind"
 
 
-def test_two_zero2_ranks_reproduce_one_process(inputs):
-    params = {**DRDO, "deepspeed": str(REPO / "config" / "deepspeed" / "zero2.json")}
-    one = _train(inputs, "drdo-1", "drdo", DRDO, 1) if not (inputs / "drdo-1").exists() else inputs / "drdo-1"
-    zero = _train(inputs, "drdo-zero2", "drdo", params, 2)
+@pytest.mark.parametrize("objective,params", [("drdo", DRDO), ("edpo", EDPO)])
+def test_two_zero2_ranks_reproduce_one_process(inputs, objective, params):
+    one = inputs / f"{objective}-1"
+    one = _train(inputs, one.name, objective, params, 1) if not one.exists() else one
+    zero = _train(inputs, f"{objective}-zero2", objective,
+                  {**params, "deepspeed": str(REPO / "config" / "deepspeed" / "zero2.json")}, 2)
     _assert_same_run(one, zero)
-    assert (zero / "reward_head.safetensors").exists()
+    assert (zero / "reward_head.safetensors").exists() == (objective == "drdo")
 
 
 def test_bf16_one_process_ddp_and_zero2_follow_one_precision_contract(inputs):

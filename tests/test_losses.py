@@ -1,6 +1,7 @@
 """Losses against hand-computed values, the standard formulas, Appendix A.5 (Eq. 30) and autograd."""
 
 import math
+from decimal import Decimal, localcontext
 
 import pytest
 import torch
@@ -10,6 +11,28 @@ from drdo.losses import (bradley_terry_loss, cdpo_loss, dpo_loss, drdo_loss, edp
                          oracle_loss, rdpo_loss)
 
 t = lambda *xs: torch.tensor(xs, dtype=torch.float64)  # noqa: E731
+
+
+# Independent references (plain Python floats / decimals, none of the code under test):
+def softplus64(x: float) -> float:
+    """log(1 + e^x) = -log sigmoid(-x), without overflow."""
+    return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
+
+
+def log1mexp_decimal(z: float) -> float:
+    """log(1 - e^z) in 60-digit decimal arithmetic on the exact value of the float z."""
+    with localcontext() as ctx:
+        ctx.prec = 60
+        return float((1 - Decimal(z).exp()).ln())
+
+
+def drdo_reference(z_w, z_l, rhat_w, rhat_l, rstar_w, rstar_l, alpha, gamma):
+    """Eq. 6 pair by pair in float64, averaged over the batch."""
+    total = 0.0
+    for zw, zl, hw, hl, sw, sl in zip(z_w, z_l, rhat_w, rhat_l, rstar_w, rstar_l):
+        one_minus_p = 1 / (1 + math.exp(zw - zl))  # 1 - sigmoid(z_w - z_l)
+        total += ((sw - sl) - (hw - hl)) ** 2 - alpha * one_minus_p ** gamma * (zw - log1mexp_decimal(zl))
+    return total / len(z_w)
 
 
 def test_bradley_terry_hand_value():
@@ -25,6 +48,14 @@ def test_oracle_loss_hand_value():
     # alpha = 0 is Eq. 2 exactly
     assert oracle_loss(t(0.3, -1.0), t(0.1, 2.0), t(5.0, 7.0), 0.0)[0].item() == pytest.approx(
         bradley_terry_loss(t(0.3, -1.0), t(0.1, 2.0))[0].item())
+
+
+def test_oracle_loss_averages_bt_and_nll_over_the_batch():
+    # BT: (log(1 + e^-1) + log 2) / 2 = (0.3132616875 + 0.6931471806) / 2 = 0.5032044340
+    # NLL (Eq. 5): (2 + 4) / 2 = 3, a mean (a sum would be 6)
+    loss, terms = oracle_loss(t(1.0, 0.0), t(0.0, 0.0), t(2.0, 4.0), alpha=0.1)
+    assert loss.item() == pytest.approx(0.9 * 0.5032044340 + 0.1 * 3.0, abs=1e-9)
+    assert terms["nll_chosen"].item() == pytest.approx(3.0)
 
 
 def test_dpo_hand_value():
@@ -60,6 +91,19 @@ def test_edpo_hand_value_with_implicit_margin():
     assert loss.item() == pytest.approx(((2 - 0.5) ** 2 + 0.0) / 2)
 
 
+def test_edpo_min_is_over_members_of_the_batch_mean():
+    # two pairs, beta 0.5: implicit = 0.5 * [(-1 + 2) - (-3 + 3), (-2 + 2) - (-1 + 2)] = [0.5, -0.5]
+    # member 0: r_1 - r_2 = [2.5, -0.5] -> residuals [2, 0]   -> L_0 = (4 + 0) / 2    = 2
+    # member 1: r_1 - r_2 = [1.5,  1.0] -> residuals [1, 1.5] -> L_1 = (1 + 2.25) / 2 = 1.625
+    # min_k L_k = 1.625; the mean over pairs of a per-pair min would be (min(4, 1) + min(0, 2.25)) / 2 = 0.5
+    r_1, r_2 = t([3.0, 2.0], [0.0, 1.5]), t([0.5, 0.5], [0.5, 0.5])
+    args = (t(-1.0, -2.0), t(-3.0, -1.0), t(-2.0, -2.0), t(-3.0, -2.0), r_1, r_2)
+    loss, terms = edpo_loss(*args, beta=0.5)
+    assert loss.item() == pytest.approx(1.625, abs=1e-12)
+    assert terms["implicit_margin"].item() == pytest.approx(0.0, abs=1e-12)
+    assert edpo_loss(*args, beta=0.5, reduction="mean")[0].item() == pytest.approx((2 + 1.625) / 2, abs=1e-12)
+
+
 def test_drdo_hand_value():
     z_w, z_l, alpha, gamma = -1.0, -2.0, 0.1, 2.0
     p_w = 1 / (1 + math.exp(-(z_w - z_l)))
@@ -68,6 +112,33 @@ def test_drdo_hand_value():
     loss, terms = drdo_loss(t(z_w), t(z_l), t(0.5), t(0.0), t(1.0), t(0.0), alpha, gamma)
     assert loss.item() == pytest.approx(expected, abs=1e-12)
     assert terms["distill"].item() == pytest.approx(0.25)
+
+
+def test_drdo_float32_rejected_log_prob_near_zero():
+    """z_l -> 0 (a rejected response of probability ~1): in float32 a naive log(1 - exp(z_l)) is
+    log(0) = -inf at z_l = -1e-8 and off by ~0.013 at z_l = -1e-6 (exp rounds to a float32 next
+    to 1); the loss must match Eq. 6 evaluated in high precision."""
+    z_w = torch.tensor([-3.0, -20.0, -5.0], requires_grad=True)
+    z_l = torch.tensor([-1e-8, -1e-6, -60.0], requires_grad=True)
+    rhat_w, rhat_l, rstar_w, rstar_l = (torch.tensor(v) for v in ([0.5, 0.0, 1.0], [0.0, 0.0, 0.0],
+                                                                    [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]))
+    alpha, gamma = 0.1, 2.0
+    loss, _ = drdo_loss(z_w, z_l, rhat_w, rhat_l, rstar_w, rstar_l, alpha, gamma)
+    zw, zl = z_w.tolist(), z_l.tolist()  # the float32 inputs' exact values
+    expected = drdo_reference(zw, zl, rhat_w.tolist(), rhat_l.tolist(), rstar_w.tolist(), rstar_l.tolist(),
+                              alpha, gamma)
+    # the first pair by hand: 1 - p_w = sigmoid(3) = 0.9525741, log(1 - e^-1e-8) = log(1e-8) = -18.4206807,
+    # (1 - 0.5)^2 - 0.1 * 0.9525741^2 * (-3 + 18.4206807) = 0.25 - 0.1 * 0.9073975 * 15.4206807 = -1.1492687
+    first = drdo_reference(zw[:1], zl[:1], [0.5], [0.0], [1.0], [0.0], alpha, gamma)
+    assert first == pytest.approx(-1.1492687, abs=1e-6)
+    assert torch.isfinite(loss) and loss.item() == pytest.approx(expected, rel=1e-5)
+    # z_l's gradient at -1e-8 is Eq. 30's -alpha (1 - p_w)^gamma pi_l / (1 - pi_l) (~1e8) less the focal term
+    g_w, g_l = torch.autograd.grad(loss, (z_w, z_l))
+    assert torch.isfinite(g_w).all() and torch.isfinite(g_l).all()
+    p = 1 / (1 + math.exp(-(zw[0] - zl[0])))
+    focal_grad = alpha * gamma * (1 - p) ** gamma * p * (zw[0] - log1mexp_decimal(zl[0]))
+    eq30_l = -focal_grad - alpha * (1 - p) ** gamma * math.exp(zl[0]) / -math.expm1(zl[0])
+    assert g_l[0].item() == pytest.approx(eq30_l / 3, rel=1e-4)
 
 
 @pytest.mark.parametrize("gamma", [0.0, 0.5, 1.0, 2.0, 5.0])
@@ -121,9 +192,9 @@ def test_drdo_gradient_reaches_student_reward_only_through_distillation():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_log1mexp_stable_over_whole_range(dtype):
     z64 = -torch.logspace(-8, 4, 200, dtype=torch.float64)  # -1e-8 ... -1e4
-    reference = torch.tensor([math.log(-math.expm1(v)) if v > -math.log(2) else math.log1p(-math.exp(v))
-                              for v in z64.tolist()], dtype=torch.float64)
     z = z64.to(dtype).requires_grad_(True)
+    # 60-digit decimal log(1 - e^z) on each (rounded) input: independent of log1mexp's two branches
+    reference = torch.tensor([log1mexp_decimal(v) for v in z.tolist()], dtype=torch.float64)
     out = log1mexp(z)
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out.double(), reference, rtol=1e-5, atol=1e-30)
@@ -206,3 +277,114 @@ def test_ipo_objective_aggregates_policy_and_reference_alike():
         objectives.build("ipo", {"tau": 0.5, "logp_agg": "max"})
     with pytest.raises(ValueError, match="align.rdpo.epsilon"):
         objectives.build("rdpo", {"beta": 0.1, "epsilon": 0.5})
+
+
+# --------------------------------------------------------------------------- float32 at large margins
+# In float32 sigmoid(-x) underflows to 0 for x > ~104, so a naive log(sigmoid(.)) is -inf; logsigmoid is not.
+# Margins (policy, reference 0): [-900, 900, 1]; with beta 0.25 the scaled margins are z = [-225, 225, 0.25].
+_PW, _PL = [-1000.0, -100.0, -1.0], [-100.0, -1000.0, -2.0]
+_Z = [-225.0, 225.0, 0.25]
+
+
+@pytest.mark.parametrize("name", ["dpo", "cdpo", "rdpo"])
+def test_dpo_family_float32_large_margins(name):
+    eps = 0.1
+    f32 = lambda xs: torch.tensor(xs, dtype=torch.float32)  # noqa: E731
+    args = (f32(_PW), f32(_PL), f32([0.0] * 3), f32([0.0] * 3), 0.25)
+    # l(z) = -log sigmoid(z) = softplus64(-z); l(-225) = 225, l(225) = 1.9e-98, l(0.25) = 0.5759394
+    per_pair = {"dpo": lambda z: softplus64(-z),
+                "cdpo": lambda z: (1 - eps) * softplus64(-z) + eps * softplus64(z),
+                "rdpo": lambda z: ((1 - eps) * softplus64(-z) - eps * softplus64(z)) / (1 - 2 * eps)}[name]
+    expected = sum(per_pair(z) for z in _Z) / 3
+    if name == "dpo":
+        assert expected == pytest.approx((225.0 + 0.5759394) / 3, abs=1e-6)
+        loss = dpo_loss(*args)[0]
+    else:
+        loss = {"cdpo": cdpo_loss, "rdpo": rdpo_loss}[name](*args, eps)[0]
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_bradley_terry_and_oracle_float32_large_margins():
+    # r_w - r_l = [-150, 1, 80]: (150 + log(1 + e^-1) + log(1 + e^-80)) / 3 = (150 + 0.3132616875 + 1.8e-35) / 3
+    r_w, r_l = torch.tensor([-150.0, 1.0, 40.0]), torch.tensor([0.0, 0.0, -40.0])
+    expected = (150.0 + 0.3132616875) / 3
+    loss = bradley_terry_loss(r_w, r_l)[0]
+    assert torch.isfinite(loss) and loss.item() == pytest.approx(expected, rel=1e-6)
+    loss = oracle_loss(r_w, r_l, torch.tensor([1.0, 2.0, 3.0]), alpha=0.5)[0]
+    assert torch.isfinite(loss) and loss.item() == pytest.approx(0.5 * expected + 0.5 * 2.0, rel=1e-6)
+
+
+# --------------------------------------------------------------------------- objectives: columns -> loss arguments
+# Two pairs; the forward outputs and table columns are distinct on each side, so that reading a column for the
+# wrong side (chosen/rejected, policy/reference, teacher, head/log-prob) changes the loss.
+#   sum margins h = (logp_w - ref_chosen) - (logp_l - ref_rejected)
+#                 = [(-6 + 9) - (-12 + 8), (-4 + 5) - (-3 + 2)] = [7, 2]
+#   mean log-probs: logp_w / ntok_w = [-2, -1], logp_l / ntok_l = [-3, -3]
+def _out(**extra):
+    return {"logp_w": t(-6.0, -4.0), "logp_l": t(-12.0, -3.0), "ntok_w": t(3.0, 4.0), "ntok_l": t(4.0, 1.0), **extra}
+
+
+_REF = {"ref_logp_chosen": t(-9.0, -5.0), "ref_logp_rejected": t(-8.0, -2.0)}
+
+
+def test_dpo_cdpo_rdpo_objectives_hand_values():
+    # beta 0.5: z = [3.5, 1]
+    dpo = (softplus64(-3.5) + softplus64(-1.0)) / 2  # (0.0297505 + 0.3132617) / 2
+    assert dpo == pytest.approx((0.0297505 + 0.3132617) / 2, abs=1e-7)
+    obj = objectives.build("dpo", {"beta": 0.5})
+    assert set(obj.columns) == {"ref_logp_chosen", "ref_logp_rejected"} and not obj.reward_head
+    assert obj.loss(_out(), _REF)[0].item() == pytest.approx(dpo, abs=1e-12)
+    eps = 0.2
+    cdpo = sum((1 - eps) * softplus64(-z) + eps * softplus64(z) for z in (3.5, 1.0)) / 2
+    rdpo = sum(((1 - eps) * softplus64(-z) - eps * softplus64(z)) / (1 - 2 * eps) for z in (3.5, 1.0)) / 2
+    assert objectives.build("cdpo", {"beta": 0.5, "epsilon": eps}).loss(_out(), _REF)[0].item() == pytest.approx(
+        cdpo, abs=1e-12)
+    assert objectives.build("rdpo", {"beta": 0.5, "epsilon": eps}).loss(_out(), _REF)[0].item() == pytest.approx(
+        rdpo, abs=1e-12)
+
+
+def test_edpo_objective_reads_each_members_chosen_and_rejected_columns():
+    # beta 0.5: implicit = [3.5, 1]
+    # member 0: rm0_chosen - rm0_rejected = [5 - 0.5, 2.5 + 0.5] = [4.5, 3]  -> residuals [1, 2] -> L_0 = 2.5
+    # member 1: rm1_chosen - rm1_rejected = [3 + 0.5, 1 + 3]     = [3.5, 4]  -> residuals [0, 3] -> L_1 = 4.5
+    tables = {**_REF, "rm0_chosen": t(5.0, 2.5), "rm0_rejected": t(0.5, -0.5),
+              "rm1_chosen": t(3.0, 1.0), "rm1_rejected": t(-0.5, -3.0)}
+    obj = objectives.build("edpo", {"beta": 0.5, "ensemble_size": 2, "reduction": "min"})
+    assert set(obj.columns) == set(tables)
+    assert obj.loss(_out(), tables)[0].item() == pytest.approx(2.5, abs=1e-12)
+    obj = objectives.build("edpo", {"beta": 0.5, "ensemble_size": 2, "reduction": "mean"})
+    assert obj.loss(_out(), tables)[0].item() == pytest.approx(3.5, abs=1e-12)
+
+
+def test_oracle_objective_nll_is_the_chosen_responses_token_mean():
+    # BT on the head: r_w - r_l = [1, 0] -> (0.3132616875 + 0.6931471806) / 2 = 0.5032044340
+    # NLL of the chosen response per token: [6 / 3, 4 / 4] = [2, 1] -> mean 1.5 (the rejected one's would be [3, 3])
+    out = _out(r_w=t(1.0, -1.0), r_l=t(0.0, -1.0))
+    obj = objectives.build("oracle", {"nll_weight": 0.1})
+    assert obj.reward_head and obj.columns == ()
+    assert obj.loss(out, {})[0].item() == pytest.approx(0.9 * 0.5032044340 + 0.1 * 1.5, abs=1e-9)
+    assert objectives.build("rm", {}).loss(out, {})[0].item() == pytest.approx(0.5032044340, abs=1e-9)
+
+
+@pytest.mark.parametrize("student_reward,logp_agg,teacher", [("head", "sum", "oracle"), ("head", "mean", "oracle"),
+                                                              ("logprob", "sum", "oracle"),
+                                                              ("logprob", "mean", "gold")])
+def test_drdo_objective_maps_teacher_student_and_aggregation(student_reward, logp_agg, teacher):
+    r_w, r_l = [0.5, -1.0], [0.0, 0.5]
+    star_w, star_l = [2.0, 1.0], [1.0, 1.5]
+    out = _out(r_w=t(*r_w), r_l=t(*r_l))
+    tables = {f"{teacher}_chosen": t(*star_w), f"{teacher}_rejected": t(*star_l)}
+    z_w, z_l = ([-6.0, -4.0], [-12.0, -3.0]) if logp_agg == "sum" else ([-2.0, -1.0], [-3.0, -3.0])
+    rhat_w, rhat_l = (r_w, r_l) if student_reward == "head" else (z_w, z_l)
+    alpha, gamma = 0.1, 2.0
+    expected = drdo_reference(z_w, z_l, rhat_w, rhat_l, star_w, star_l, alpha, gamma)
+    if (student_reward, logp_agg) == ("head", "sum"):
+        # distillation: ((2 - 1) - 0.5)^2 = 0.25 and ((1 - 1.5) - (-1.5))^2 = 1
+        # focal: 1 - p_w = sigmoid(z_l - z_w) = [sigmoid(-6), sigmoid(1)] = [0.0024726, 0.7310586];
+        #   0.0024726^2 * (-6 - log(1 - e^-12)) = -3.6683e-5, 0.7310586^2 * (-4 - log(1 - e^-3)) = -2.1104928
+        assert expected == pytest.approx((0.25 + 1.0 + 0.1 * (3.6683e-5 + 2.1104928)) / 2, abs=1e-7)
+    obj = objectives.build("drdo", {"alpha": alpha, "gamma": gamma, "student_reward": student_reward,
+                                    "logp_agg": logp_agg, "teacher": teacher})
+    assert set(obj.columns) == set(tables) and obj.reward_head == (student_reward == "head")
+    assert obj.loss(out, tables)[0].item() == pytest.approx(expected, abs=1e-12)

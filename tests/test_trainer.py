@@ -7,6 +7,7 @@ import dataclasses
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -150,6 +151,73 @@ def test_sft_loss_goes_down(tok):
     losses = [h["loss"] for h in history]
     assert max(losses[-5:]) < min(losses[:5])
     assert history[-1]["nll"] == pytest.approx(last)
+
+
+def _edpo_pairs(tok):
+    """Pairs whose 3 reward models disagree wildly (each member fits some pairs and misses others),
+    so the best member of half a batch is seldom that of the whole."""
+    rng = np.random.default_rng(1)
+    out = []
+    for i, (p, g, b) in enumerate(zip(POSTS, GOOD, BAD)):
+        rewards = {f"rm{k}_{side}": float(rng.normal(scale=3.0)) for k in range(3) for side in ("chosen", "rejected")}
+        out.append(Example([encode(tok, _prompt(p), g, MAX_LEN), encode(tok, _prompt(p), b, MAX_LEN)],
+                           {"ref_logp_chosen": -5.0 - 0.3 * i, "ref_logp_rejected": -6.0 + 0.2 * i, **rewards}))
+    return out
+
+
+def _sft_examples(tok):  # responses of different lengths: micro-batches hold different token counts
+    return [Example([encode(tok, _prompt(p), " ".join([g] * (1 + i % 3)), MAX_LEN)])
+            for i, (p, g) in enumerate(zip(POSTS, GOOD))]
+
+
+EDPO = {"beta": 0.1, "ensemble_size": 3, "reduction": "min"}
+
+
+@pytest.mark.parametrize("name", ["edpo", "sft"])
+def test_micro_batches_reproduce_the_whole_batch(tok, name):
+    """A batch of 4 as one micro-batch or as 2 accumulated micro-batches of 2: the same loss, so the
+    same weights. e-DPO's min over members is taken on the whole batch's member means (a pass
+    without gradients first), SFT's token mean over the whole batch's tokens."""
+    examples = _edpo_pairs(tok) if name == "edpo" else _sft_examples(tok)
+    objective = objectives.build(name, EDPO if name == "edpo" else {})
+    base = TrainConfig(lr=1e-2, batch_size=4, grad_accum=1, max_steps=4, warmup_steps=0, seed=0)
+    runs = {}
+    for label, cfg, obj in [("one", base, objective),
+                            ("accum", dataclasses.replace(base, batch_size=2, grad_accum=2), objective),
+                            ("per-micro-batch", dataclasses.replace(base, batch_size=2, grad_accum=2),
+                             dataclasses.replace(objective, whole_batch=None))]:
+        if label == "per-micro-batch" and name == "sft":
+            continue
+        model = tiny_llama(tok, ARCH, seed=0)
+        history = train(model, examples, obj, cfg, tok.pad_token_id)
+        runs[label] = (model, [h["loss"] for h in history])
+    _assert_same_params(runs["one"][0], runs["accum"][0])
+    assert runs["accum"][1] == pytest.approx(runs["one"][1], rel=1e-5)
+    if name == "edpo":  # the min of each micro-batch on its own is another objective: it can fail
+        moved = max((a - b).abs().max().item() for a, b in zip(runs["one"][0].parameters(), runs["per-micro-batch"][0].parameters()))
+        assert moved > 1e-4
+
+
+@pytest.mark.parametrize("name", ["edpo", "sft"])
+def test_evaluate_does_not_depend_on_its_batch_size(tok, name):
+    examples = _edpo_pairs(tok) if name == "edpo" else _sft_examples(tok)
+    objective = objectives.build(name, EDPO if name == "edpo" else {})
+    model = tiny_llama(tok, ARCH, seed=0)
+    whole = evaluate(model, examples, objective, tok.pad_token_id, batch_size=len(examples))
+    for b in (1, 3):
+        chunked = evaluate(model, examples, objective, tok.pad_token_id, batch_size=b)
+        assert chunked.keys() == whole.keys()
+        for k in whole:
+            assert chunked[k] == pytest.approx(whole[k], rel=1e-5), k
+    with torch.no_grad():  # and the whole set as one batch is the loss by hand
+        out = forward(model, collate(examples, tok.pad_token_id, paired=name == "edpo"), objective)
+    if name == "sft":
+        assert whole["loss"] == pytest.approx((-out["logp"].sum() / out["ntok"].sum()).item(), rel=1e-5)
+    else:
+        t = {k: torch.tensor([e.values[k] for e in examples]) for k in examples[0].values}
+        implicit = 0.1 * ((out["logp_w"] - t["ref_logp_chosen"]) - (out["logp_l"] - t["ref_logp_rejected"]))
+        members = [((t[f"rm{k}_chosen"] - t[f"rm{k}_rejected"] - implicit) ** 2).mean() for k in range(3)]
+        assert whole["loss"] == pytest.approx(min(members).item(), rel=1e-5)
 
 
 def test_evaluate_oracle_reward_acc(tok, pairs):

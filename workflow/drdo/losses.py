@@ -55,17 +55,30 @@ def dpo_loss(pi_w, pi_l, ref_w, ref_l, beta: float):
                   "implicit_margin": (beta * margin).detach().mean()}
 
 
+def edpo_member_sums(pi_1, pi_2, ref_1, ref_2, r_1: torch.Tensor, r_2: torch.Tensor, beta: float) -> torch.Tensor:
+    """Eq. 4's per-member squared errors summed over the pairs given: ``[K]``, no gradient. Summed
+    over every micro-batch and process of an optimizer step, they say which member is the min."""
+    with torch.no_grad():
+        implicit = beta * ((pi_1 - ref_1) - (pi_2 - ref_2))
+        return ((r_1 - r_2) - implicit[:, None]).pow(2).sum(dim=0)
+
+
 def edpo_loss(pi_1, pi_2, ref_1, ref_2, r_1: torch.Tensor, r_2: torch.Tensor, beta: float,
-              reduction: str = "min"):
+              reduction: str = "min", batch_member_sums: torch.Tensor | None = None):
     """Eq. 4 (Fisch et al., 2024): squared distillation of an ensemble's reward margins.
 
     ``r_1``, ``r_2`` are ``[B, K]`` (K reward models). Per member k,
     L_k = mean_batch (r_k(y_1) - r_k(y_2) - beta * [(pi_1 - ref_1) - (pi_2 - ref_2)])^2,
-    then reduced over k by ``min`` (default) or ``mean``.
+    then reduced over k by ``min`` (default) or ``mean``. The min is over the whole optimizer
+    batch: where the batch is split into micro-batches or over processes, ``batch_member_sums``
+    (``edpo_member_sums`` of the whole batch) names the member, and this micro-batch's L_k of that
+    member is returned (so the micro-batches' gradients add up to the whole batch's).
     """
     implicit = beta * ((pi_1 - ref_1) - (pi_2 - ref_2))
     per_member = ((r_1 - r_2) - implicit[:, None]).pow(2).mean(dim=0)
-    if reduction == "min":
+    if reduction == "min" and batch_member_sums is not None:
+        loss = per_member[torch.argmin(batch_member_sums)]
+    elif reduction == "min":
         loss = per_member.min()
     elif reduction == "mean":
         loss = per_member.mean()

@@ -27,6 +27,14 @@ class Objective:
     reward_head: bool
     columns: tuple[str, ...]
     loss: Callable[[dict, dict], tuple]
+    # For a loss that is not a mean of per-pair terms over the batch (e-DPO's min over members):
+    # sums over a micro-batch's pairs, no gradient. Where an optimizer step has several
+    # micro-batches or processes, the trainer adds them up over all of them first and passes the
+    # total to ``loss`` as values[WHOLE_BATCH], so the step optimises the whole batch's loss.
+    whole_batch: Callable[[dict, dict], torch.Tensor] | None = None
+
+
+WHOLE_BATCH = "whole_batch"
 
 
 def _aggregate(out: dict, side: str, agg: str) -> torch.Tensor:
@@ -88,13 +96,19 @@ def build(name: str, p: dict) -> Objective:
         k = p["ensemble_size"]
         rm_cols = tuple(f"rm{i}_{side}" for i in range(k) for side in ("chosen", "rejected"))
 
-        def loss(out, t):
+        def inputs(out, t):
             r1 = torch.stack([t[f"rm{i}_chosen"] for i in range(k)], dim=1)
             r2 = torch.stack([t[f"rm{i}_rejected"] for i in range(k)], dim=1)
-            return losses.edpo_loss(out["logp_w"], out["logp_l"], t["ref_logp_chosen"],
-                                    t["ref_logp_rejected"], r1, r2, p["beta"], p["reduction"])
+            return out["logp_w"], out["logp_l"], t["ref_logp_chosen"], t["ref_logp_rejected"], r1, r2, p["beta"]
 
-        return Objective("edpo", True, False, ref_cols + rm_cols, loss)
+        def loss(out, t):
+            return losses.edpo_loss(*inputs(out, t), p["reduction"], t.get(WHOLE_BATCH))
+
+        def member_sums(out, t):
+            return losses.edpo_member_sums(*inputs(out, t))
+
+        return Objective("edpo", True, False, ref_cols + rm_cols, loss,
+                         member_sums if p["reduction"] == "min" else None)
     if name == "drdo":
         teacher = p.get("teacher", "oracle")  # "gold": the synthetic world's true reward (diagnostic)
         student_reward = p["student_reward"]

@@ -5,7 +5,10 @@ AdamW (no decay on biases and norms), linear warm-up then cosine decay, gradient
 accumulation, gradient clipping, a seed. Each micro-batch is packed without padding, a pair's
 prompt computed once and log-probs taken at response positions only (``packing.py``). The
 sample order is a pure function of (seed, step) and each global batch is cut into equal
-per-rank shards, so N processes with micro-batch b/N reproduce one process with batch b. A job killed midway resumes from its last saved state (``accelerate``'s
+per-rank shards, so N processes with micro-batch b/N, or A accumulated micro-batches, reproduce
+one process with the whole batch (up to rounding): SFT's token mean is over the step's tokens and
+e-DPO's min over members over the step's member means (``_step_batches``). A job killed midway
+resumes from its last saved state (``accelerate``'s
 ``save_state``: weights, optimizer, scheduler and every RNG, CUDA included) and finishes
 exactly as an uninterrupted one would.
 
@@ -56,7 +59,7 @@ from transformers import get_cosine_schedule_with_warmup
 from .batching import Encoded
 from .io import config_hash
 from .lean_layers import lean_training
-from .objectives import Objective
+from .objectives import WHOLE_BATCH, Objective
 from .packing import Packed, PackedForward, as_packed_forward, pack, shares_prefixes
 from .progress import Progress
 
@@ -320,13 +323,8 @@ def train(model, examples: list[Example], objective: Objective, cfg: TrainConfig
             sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=acc.device))
             grad_norm = None
             bad_loss = torch.zeros((), device=acc.device)  # micro-steps of this step with a non-finite loss
-            for m in range(cfg.grad_accum):
-                lo = (step * cfg.grad_accum + m) * cfg.batch_size + rank * micro  # this rank's shard
-                shard = [examples[i] for i in order[lo:lo + micro]]
-                batch = _to(collate(shard, pad_id, objective.paired, cfg.pack_tokens, share), acc.device)
-                if not objective.paired:  # token-mean over the whole global batch, not per shard
-                    n = torch.tensor(float(batch["packed"].n_targets), device=acc.device)
-                    batch["ntok_norm"] = acc.reduce(n, "mean")
+            batches = _step_batches(wrapped, examples, order, step, rank, micro, cfg, pad_id, objective, share, acc)
+            for batch in batches:
                 with acc.accumulate(wrapped):
                     out = forward(wrapped, batch, objective)
                     loss, terms = objective.loss(out, batch["values"])
@@ -365,6 +363,38 @@ def train(model, examples: list[Example], objective: Objective, cfg: TrainConfig
     return history
 
 
+def _step_batches(wrapped, examples: list[Example], order: np.ndarray, step: int, rank: int, micro: int,
+                  cfg: TrainConfig, pad_id: int, objective: Objective, share: bool, acc: Accelerator) -> list[dict]:
+    """This rank's micro-batches of optimizer step ``step``, each with what its loss needs to be a
+    share of the whole step's loss (every micro-batch, every rank; gradients are averaged over
+    both, so each micro-batch's loss is scaled by their number):
+
+    * SFT: the token-mean NLL over the step's tokens, ``ntok_norm`` = the step's target tokens
+      over (micro-batches x ranks), not each micro-batch's own mean (micro-batches of short
+      sequences would weigh more);
+    * an objective with ``whole_batch`` (e-DPO's min over members): its sums over the step, from a
+      forward pass without gradients first. Where the step is one micro-batch in one process the
+      loss sees the whole batch itself, and this pass is skipped.
+    """
+    batches = []
+    for m in range(cfg.grad_accum):
+        lo = (step * cfg.grad_accum + m) * cfg.batch_size + rank * micro  # this rank's shard
+        shard = [examples[i] for i in order[lo:lo + micro]]
+        batches.append(_to(collate(shard, pad_id, objective.paired, cfg.pack_tokens, share), acc.device))
+    if not objective.paired:
+        n = torch.tensor(float(sum(b["packed"].n_targets for b in batches)), device=acc.device)
+        norm = acc.reduce(n, "mean") / cfg.grad_accum
+        for b in batches:
+            b["ntok_norm"] = norm
+    if objective.whole_batch is not None and cfg.grad_accum * acc.num_processes > 1:
+        with torch.no_grad():
+            total = sum(objective.whole_batch(forward(wrapped, b, objective), b["values"]) for b in batches)
+        total = acc.reduce(total, "sum")
+        for b in batches:
+            b["values"][WHOLE_BATCH] = total
+    return batches
+
+
 def _refuse_nonfinite(cfg: TrainConfig, step: int, steps: int, skipped: int, acc: Accelerator) -> None:
     """Stop the job at a non-finite step, unless train.max_nonfinite_steps still allows skipping it."""
     where = f"non-finite loss or gradient at optimizer step {step + 1} of {steps}"
@@ -383,17 +413,27 @@ def _refuse_nonfinite(cfg: TrainConfig, step: int, steps: int, skipped: int, acc
 @torch.no_grad()
 def evaluate(model, examples: list[Example], objective: Objective, pad_id: int, batch_size: int,
              budget: int = 0, dtype: str = "float32") -> dict:
-    """Mean of the objective's loss terms over ``examples`` (e.g. validation pair accuracy).
+    """The objective's loss terms over all of ``examples`` as one batch (e.g. validation pair
+    accuracy), whatever ``batch_size`` cuts them into: pair terms are means over pairs, SFT's NLL
+    a mean over all tokens, e-DPO's min over members taken on the whole set's member means.
     ``dtype``: the run's ``train.dtype``; the forward runs under its autocast, as in training."""
     model.eval()
     device = next(model.parameters()).device
-    sums: dict[str, float] = defaultdict(float)
+    passes = []  # (outputs, values, examples) per batch: per-pair or per-token values, no graph
     for lo in range(0, len(examples), batch_size):
         chunk = examples[lo:lo + batch_size]
         batch = _to(collate(chunk, pad_id, objective.paired, budget, shares_prefixes(model)), device)
         with autocast(dtype, device):
-            out = forward(model, batch, objective)
-        loss, terms = objective.loss(out, batch["values"])
+            passes.append((forward(model, batch, objective), batch["values"], len(chunk)))
+    if not objective.paired:  # each batch's NLL sum over the whole set's tokens: the terms add up
+        n_tokens = sum(out["ntok"].sum() for out, _, _ in passes)
+        passes = [({**out, "ntok_norm": n_tokens}, values, len(examples)) for out, values, _ in passes]
+    if objective.whole_batch is not None:
+        total = sum(objective.whole_batch(out, values) for out, values, _ in passes)
+        passes = [(out, {**values, WHOLE_BATCH: total}, n) for out, values, n in passes]
+    sums: dict[str, float] = defaultdict(float)
+    for out, values, n in passes:
+        loss, terms = objective.loss(out, values)
         for k, v in {"loss": loss, **terms}.items():
-            sums[k] += float(v) * len(chunk)
+            sums[k] += float(v) * n
     return {k: v / len(examples) for k, v in sums.items()}

@@ -1,6 +1,7 @@
 """Stage entry points (python -m drdo ...) on fixture files in the real datasets' schemas."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -146,3 +147,22 @@ def test_a_torch_job_flushes_subnormals_on_every_thread():
             "         fresh_process=True)\n"
             "assert seen == {'threads': 2, 'nonzero': 0}, seen\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.mark.parametrize("name_key", [None, "oracle.base"])
+def test_a_model_that_is_neither_a_folder_nor_a_hub_model_names_its_config_key(tmp_path, name_key):
+    """models/my-llama (no such folder; not a hub model either) fails in the base stage naming the
+    config key and the folder it looked for, not only transformers' "couldn't connect"."""
+    pd.DataFrame({"prompt": ["p"], "chosen": ["a"], "rejected": ["b"]}).to_parquet(tmp_path / "pairs.parquet")
+    pd.DataFrame({"prompt": ["p"], "response": ["a"]}).to_parquet(tmp_path / "sft.parquet")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "workflow"), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "drdo", "base", "--params",
+                           json.dumps({"name_or_path": "models/my-llama", "dtype": "float32"}),
+                           "--pairs", "pairs.parquet", "--sft", "sft.parquet", "--out", "base",
+                           *(["--name-key", name_key] if name_key else [])],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and not (tmp_path / "base").exists()
+    key = name_key or "model.name_or_path"
+    assert (f"config key {key}: cannot load 'models/my-llama': there is no directory {tmp_path / 'models' / 'my-llama'}"
+            in proc.stderr), proc.stderr[-2000:]
+    assert "HF_HUB_OFFLINE is set and the Hugging Face cache holds no such model" in proc.stderr

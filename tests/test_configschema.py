@@ -105,3 +105,26 @@ def test_defaults_are_filled_with_copies(tmp_path):
     assert a == theirs == {"name": "a", "levels": [1, 2]}
     a["levels"].append(3)
     assert b["levels"] == [1, 2]  # not the same list through the cached schema
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"base": "drdo", "gamma": -1}, "config key align.x.gamma: -1 is less than the minimum of 0"),
+    ({"base": "drdo", "student_reward": "logprb"}, "config key align.x.student_reward: 'logprb' is not one of ['head', 'logprob']"),
+    ({"base": "rdpo", "epsilon": 0.7}, "config key align.x.epsilon: 0.7 is greater than or equal to the maximum of 0.5"),
+    ({"base": "dpo", "beta": 0}, "config key align.x.beta: 0 is less than or equal to the minimum of 0"),
+    # a key of its base is a setting (the nearest one); another base's is not
+    ({"base": "drdo", "gama": 1.0}, "config key align.x.gama is not a setting; did you mean align.x.gamma?"),
+    ({"base": "dpo", "gamma": 1.0}, "config key align.x.gamma is not a setting; the keys under align.x are: base, batch_size, beta,"),
+])
+def test_a_named_methods_keys_get_their_own_checks(section, message):
+    """A named method takes its base's keys through the schema's if/then: a value of one that fails
+    its check gets that check's message, not "is not a setting"."""
+    data = _edited(_edited(CONFIG, "align.methods", ["x"]), "align.x", section)
+    got = _verdict(configschema.validate, data, str(SCHEMAS / "config.schema.yaml"))
+    assert got is not None and got.startswith(message) and len(got.splitlines()) == 1
+    assert _verdict(snakemake_validate, copy.deepcopy(data), str(SCHEMAS / "config.schema.yaml")) is not None
+
+
+def test_a_named_method_with_valid_keys_passes():
+    data = _edited(_edited(CONFIG, "align.methods", ["x"]), "align.x", {"base": "drdo", "gamma": 1, "lr": 1e-5})
+    assert _verdict(configschema.validate, data, str(SCHEMAS / "config.schema.yaml")) is None

@@ -2,6 +2,9 @@
 Oracle directory and a GGUF file by their content (cached, so a no-op parse reads no file again);
 and each training job's own resume folder under a shared resume_dir (a study)."""
 
+import copy
+import inspect
+import json
 import os
 import shlex
 import shutil
@@ -153,3 +156,89 @@ def test_an_absolute_out_dir_keeps_its_resume_state_under_resume_dir(tmp_path):
     out_dir = str(tmp_path / "abs-results")
     params = _params(tmp_path, {**_files_config(tmp_path), "out_dir": out_dir, "resume_dir": "scratch/resume"}, ("sft",))
     assert _resume_folder(params["sft"]) == f"scratch/resume/_abs_{out_dir}/sft"  # not {out_dir}/sft
+
+
+# --------------------------------------------------------------------------- what a job's params compare
+def _compared(params) -> dict:
+    """A rule's params as Snakemake compares them to decide a re-run: without those that are
+    functions of the job's output (or input, threads, resources), which it counts as derived."""
+    derived = lambda v: callable(v) and {"input", "output", "threads", "resources"} & set(inspect.signature(v).parameters)  # noqa: E731
+    return {name: str(value) for name, value in params.items() if not derived(value)}
+
+
+JUDGE = {"enabled": True, "api_key_env": None, "temperatures": [0.9], "splits": ["all"], "comparisons": [["drdo", "dpo"]]}
+
+
+def test_the_served_judge_model_is_tracked_by_content(tmp_path):
+    gguf = tmp_path / "judge.gguf"
+    gguf.write_bytes(b"GGUF" + b"\0" * 64)
+    config = {"out_dir": "results/judge", "judge": {**JUDGE, "serve": {"gguf": str(gguf), "threads": 1, "n_ctx": 2048,
+                                                                         "parallel": 1}}}
+    lineage = lambda: str(_params(tmp_path, config, ("judge",))["judge"].lineage)  # noqa: E731
+    before = lineage()
+    st = gguf.stat()
+    gguf.write_bytes(b"GGUF" + b"\1" * 64)  # new weights, same size and time
+    os.utime(gguf, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert lineage() != before
+
+
+def test_a_served_judge_model_that_is_missing_is_named_before_any_job(tmp_path):
+    config = {"judge": {**JUDGE, "serve": {"gguf": str(tmp_path / "none.gguf"), "threads": 1, "n_ctx": 2048, "parallel": 1}}}
+    with pytest.raises(Exception, match=r"config key judge\.serve\.gguf: .*none\.gguf does not exist"):
+        _params(tmp_path, config, ("judge",))
+
+
+@pytest.mark.parametrize("run_control", [{"max_usd": 3.5}, {"max_requests": 10}, {"max_concurrency": 2},
+                                         {"timeout_s": 5.0}, {"max_retries": 0}, {"serve": {"threads": 3}}])
+def test_judge_run_control_keys_rerun_nothing_but_reach_the_job(tmp_path, run_control):
+    """Spend limits, concurrency, timeouts, retries and the server's threads decide how the judge job
+    runs, not its verdicts: out of the params Snakemake compares (and the lineage), still passed."""
+    serve = {"gguf": "smollm2", "threads": 1, "n_ctx": 2048, "parallel": 1}
+    base = {"out_dir": "results/judge", "judge": {**JUDGE, "serve": serve}}
+    changed = copy.deepcopy(base)
+    key, value = next(iter(run_control.items()))
+    changed["judge"][key] = {**serve, **value} if key == "serve" else value
+    before, after = (_params(tmp_path, c, ("judge",))["judge"] for c in (base, changed))
+    assert _compared(after) == _compared(before)
+    job = json.loads(after.cfg(None, output=None))
+    assert (job["serve"]["threads"] == 3) if key == "serve" else (job[key] == value)
+    # what the verdicts depend on still re-runs the judge
+    other = copy.deepcopy(base)
+    other["judge"]["temperature"] = 0.3
+    assert _compared(_params(tmp_path, other, ("judge",))["judge"]) != _compared(before)
+
+
+def test_a_local_hub_dataset_directory_is_tracked_by_content(tmp_path):
+    local = tmp_path / "my-comparisons"
+    local.mkdir()
+    (local / "train.jsonl").write_text('{"info": {"post": "a post"}}\n')
+    hub = {name: {"id": f"org/{name}", "split": "test", "revision": "0" * 40} for name in ("sft_train", "sft_test", "news")}
+    config = {"out_dir": "results/hub", "winrates": {"scorers": ["oracle"]},
+              "data": {"source": "hub", "hub": {**hub, "comparisons": {"id": "my-comparisons", "split": "train",
+                                                                         "revision": "main"}}}}
+    lineage = lambda: str(_params(tmp_path, config, ("normalise",))["normalise"].lineage)  # noqa: E731
+    before = lineage()
+    _same_size_edit(local / "train.jsonl")
+    assert lineage() != before
+
+
+def test_a_gguf_base_depends_on_no_tiny_model_key(tmp_path):
+    """A GGUF base model reads its file, model.dtype and the prompt format; the tiny model's keys
+    (seed, vocab_size, tiny) change nothing it makes."""
+    gguf = tmp_path / "base.gguf"
+    gguf.write_bytes(b"GGUF" + b"\0" * 64)
+    config = {"out_dir": "results/gguf", "model": {"name_or_path": str(gguf)}}
+    params = lambda model: _compared(_params(tmp_path, {**config, "model": {**config["model"], **model}},  # noqa: E731
+                                             ("base_model",))["base_model"])
+    before = params({})
+    assert params({"seed": 7, "vocab_size": 999, "tiny": {"hidden_size": 8}}) == before
+    assert params({"dtype": "bfloat16"}) != before
+
+
+def test_split_seed_counts_only_with_a_validation_sample(tmp_path):
+    """split.seed draws the max_validation sample: without one the split job does not read it."""
+    def compared(split):
+        return _compared(_params(tmp_path, {"split": split}, ("split",))["split"])
+
+    assert compared({"seed": 5}) == compared({"seed": 0})
+    assert compared({"max_validation": 10, "seed": 5}) != compared({"max_validation": 10, "seed": 0})

@@ -33,14 +33,30 @@ def tiny_llama(tokenizer, arch: dict, seed: int) -> LlamaForCausalLM:
     return LlamaForCausalLM(config)
 
 
-def build_base(params: dict, texts):
+def build_base(params: dict, texts, key: str = "model.name_or_path"):
     """(model, tokenizer) as ``params`` (the config's ``model`` section) says: a pretrained one at
-    its ``revision`` (model.revision / oracle.base_revision; None: the default branch)."""
+    its ``revision`` (model.revision / oracle.base_revision; None: the default branch). ``key``: the
+    config key that names it (model.name_or_path or oracle.base), for the error when it cannot load."""
     name, revision = params["name_or_path"], params.get("revision")
     if name != "tiny":
-        return load_causal_lm(name, params["dtype"], revision=revision), load_tokenizer(name, revision=revision)
+        try:
+            return load_causal_lm(name, params["dtype"], revision=revision), load_tokenizer(name, revision=revision)
+        except OSError as e:  # transformers' "couldn't connect to huggingface.co" / "not a valid model identifier"
+            raise OSError(f"config key {key}: cannot load {name!r}: {_not_loadable(name)}. {e}") from e
     tokenizer = train_tokenizer(texts, params["vocab_size"])
     return tiny_llama(tokenizer, params["tiny"], params["seed"]), tokenizer
+
+
+def _not_loadable(name: str) -> str:
+    """Why a model name did not load, in the config's terms: a local folder, or a hub id."""
+    path = Path(name)
+    if path.is_dir():
+        return f"the local directory {path.resolve()} holds no model Hugging Face can load"
+    from huggingface_hub import constants
+
+    hub = ("HF_HUB_OFFLINE is set and the Hugging Face cache holds no such model" if constants.HF_HUB_OFFLINE
+           else f"{constants.ENDPOINT} could not provide it as a hub model id")
+    return f"there is no directory {path.resolve()} (a relative path is read from the working directory), and {hub}"
 
 
 def hub_source(params: dict) -> dict:

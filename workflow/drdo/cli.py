@@ -104,7 +104,7 @@ def cmd_base(a) -> None:
 
     pairs, sft = io.read_parquet(a.pairs), io.read_parquet(a.sft)
     texts = pd.concat([sft["prompt"], sft["response"], pairs["prompt"], pairs["chosen"], pairs["rejected"]])
-    model, tokenizer = build_base(a.params, texts.drop_duplicates().tolist())
+    model, tokenizer = build_base(a.params, texts.drop_duplicates().tolist(), key=a.name_key)
     _set_chat_template(tokenizer, a.params)
     log.info("base model: %s, %.2fM parameters, vocabulary %d", a.params["name_or_path"],
              sum(p.numel() for p in model.parameters()) / 1e6, len(tokenizer))
@@ -475,7 +475,9 @@ def _parser() -> argparse.ArgumentParser:
           *((f"--{n.replace('_', '-')}", {"default": None}) for n in RAW_SOURCES),
           ("--out-pairs",), ("--out-sft",), ("--out-eval",))
     stage("base", cmd_base, "the starting model (tiny Llama or a pretrained one)",
-          ("--pairs",), ("--sft",), ("--out",))
+          ("--pairs",), ("--sft",), ("--out",),
+          ("--name-key", {"default": "model.name_or_path",
+                          "help": "the config key that names the model, for errors (oracle.base for the Oracle's)"}))
     stage("base-gguf", cmd_base_gguf, "the starting model converted from a GGUF file", ("--gguf",), ("--out",))
     stage("split", cmd_split, "drop over-long pairs; splits all/hc_he/lc_le, Table 5",
           ("--pairs",), ("--base",), ("--out-dir",), ("--out-table5",), ("--oracle-base", {"default": None}))
@@ -500,7 +502,7 @@ def _parser() -> argparse.ArgumentParser:
           ("--prompts",), ("--oracle",), ("--policy",), ("--split",), ("--out",), ("--generations", {"default": None}))
     stage("report", cmd_report, "validation metrics of trained models (validation.csv)",
           ("--models", {"nargs": "+", "required": True}), ("--out",))
-    stage("winrates", cmd_winrates, "win-rates with bootstrap intervals (winrates.csv)",
+    stage("winrates", cmd_winrates, "win-rates with score intervals (winrates.csv)",
           ("--scores", {"nargs": "+", "required": True}), ("--out",), ("--judge", {"default": None}))
     stage("judge", cmd_judge, "LLM-judge verdicts on the selected comparisons",
           ("--scores", {"nargs": "+", "required": True}), ("--prompts",),

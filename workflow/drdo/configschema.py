@@ -90,7 +90,7 @@ def explain(error, root: dict, what: str = "config") -> str:
             return explain(best_match(fitting), root, what)
     where = ".".join(str(p) for p in error.absolute_path)
     if error.validator in ("additionalProperties", "unevaluatedProperties") and isinstance(error.instance, dict):
-        allowed = sorted(_property_names(error.schema, root))
+        allowed = sorted(_property_names(error.schema, root, error.instance))
         unknown = sorted(k for k in error.instance if k not in allowed)
         if unknown:
             lines = [unknown_key(f"{where}.{k}" if where else k, allowed, what) for k in unknown]
@@ -116,22 +116,30 @@ def unknown_key(key: str, allowed, what: str = "config") -> str:
 
 def _spurious_unevaluated(error, root: dict) -> bool:
     return (error.validator == "unevaluatedProperties" and isinstance(error.instance, dict)
-            and set(error.instance) <= _property_names(error.schema, root))
+            and set(error.instance) <= _property_names(error.schema, root, error.instance))
 
 
-def _property_names(subschema: dict, root: dict) -> set[str]:
-    """Names a (sub)schema defines: its ``properties`` and those of its ``allOf`` parts and local
-    ``$ref`` targets (the training sections take train_common's keys through allOf)."""
+def _property_names(subschema: dict, root: dict, instance=None) -> set[str]:
+    """Names a (sub)schema defines for ``instance``: its ``properties`` and those of its ``allOf``
+    parts and local ``$ref`` targets (the training sections take train_common's keys through
+    allOf), and of the ``then`` of each ``if`` the instance meets (``else`` where it does not): a
+    named method takes its base's keys so. A key that fails its check there is still a setting; the
+    check's own error says what is wrong with it."""
     names = set(subschema.get("properties", {}))
     parts = list(subschema.get("allOf", []))
     if "$ref" in subschema:
         parts.append(subschema)
+    if "if" in subschema and isinstance(instance, dict):
+        if Draft202012Validator(root).evolve(schema=subschema["if"]).is_valid(instance):  # fills in no default
+            parts += [subschema["if"], *([subschema["then"]] if "then" in subschema else [])]
+        elif "else" in subschema:
+            parts.append(subschema["else"])
     for part in parts:
         if "$ref" in part and part["$ref"].startswith("#/"):
             node = root
             for step in part["$ref"][2:].split("/"):
                 node = node[step]
-            names |= _property_names(node, root)
+            names |= _property_names(node, root, instance)
         elif part is not subschema:
-            names |= _property_names(part, root)
+            names |= _property_names(part, root, instance)
     return names

@@ -8,7 +8,7 @@ rule align:
     params:
         cfg=lambda wildcards: align_params(wildcards.method),
         objective=lambda wildcards: method_base(wildcards.method),
-        versions=VERSION_MISMATCH,
+        versions=version_mismatch,
         lineage=lambda wildcards: lineage_policy(f"{wildcards.method}-{wildcards.split}"),
         resume=resume_args(RESUME, lambda wildcards: f"{wildcards.method}-{wildcards.split}", "align.common",
                            lambda wildcards: method_config(wildcards.method)),

@@ -104,6 +104,21 @@ def check_revision(name, revision, key, name_key):
                          f"revision cannot pin it; set {key} to null")
 
 
+def check_local_model(name, key):
+    """A name that can only be a local directory (absolute, ~ or . first, more than one '/', a
+    backslash: a hub id is <name> or <owner>/<name>) must be one: refused before any job, naming
+    ``key`` (the base job would only say it could not reach the hub). Any other name that is neither
+    a directory nor a hub model fails in the base job, which names ``key`` too (drdo/base_model.py)."""
+    if name == "tiny" or gguf.model_spec(name) or os.path.isdir(name):
+        return
+    if Path(name).is_absolute() or name.startswith((".", "~")) or len(Path(name).parts) > 2 or "\\" in name:
+        raise ValueError(f"config key {key}: {name!r} names a local directory, and there is none (a relative path "
+                         f"is read from the working directory, {os.getcwd()})")
+
+
+check_local_model(config["model"]["name_or_path"], "model.name_or_path")
+if ORACLE_BASE:
+    check_local_model(ORACLE_BASE, "oracle.base")
 check_revision(config["model"]["name_or_path"], config["model"].get("revision"), "model.revision", "model.name_or_path")
 if config["oracle"].get("base_revision") is not None and not ORACLE_BASE:
     raise ValueError("config key oracle.base_revision: set only with oracle.base (without one the Oracle "
@@ -138,16 +153,33 @@ def repo_path(path):
 RESUME_KEYS = ("save_every",)
 
 
+def _section(path):
+    """The training keys of a section: a dotted config key, e.g. "align.common" (a named method's
+    section without its `base`), or a dict of keys."""
+    if isinstance(path, dict):
+        return path
+    node = config
+    for key in path.split("."):
+        node = node[key]
+    named = path.startswith("align.") and path.split(".", 1)[1] not in (*OBJECTIVE_METHODS, "common")
+    return {k: v for k, v in node.items() if not (named and k == "base")}
+
+
 def _train_keys(*sections):
-    """``train`` defaults overridden by each section in turn: a dotted config key, e.g.
-    "align.common", or a dict of keys."""
+    """``train`` defaults overridden by each section in turn (see ``_section``)."""
     params = {**config["train"], **TOKENS, **LOADING}
     for path in sections:
-        node = config
-        for key in ([] if isinstance(path, dict) else path.split(".")):
-            node = node[key]
-        params.update(path if isinstance(path, dict) else node)
+        params.update(_section(path))
     return params
+
+
+def _set_by(key, *sections):
+    """The config key that sets training key ``key`` for ``sections``: the last section that has
+    it, else train's (for the errors)."""
+    for path in reversed(sections):
+        if isinstance(path, str) and key in _section(path):
+            return f"{path}.{key}"
+    return f"train.{key}"
 
 
 def train_params(*sections):
@@ -157,7 +189,7 @@ def train_params(*sections):
         try:
             params["deepspeed"] = json.loads(Path(repo_path(params["deepspeed"])).read_text())
         except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"config key train.deepspeed: cannot read {params['deepspeed']!r}: {e}")
+            raise ValueError(f"config key {_set_by('deepspeed', *sections)}: cannot read {params['deepspeed']!r}: {e}")
     return params
 
 
@@ -190,8 +222,12 @@ def resume_args(root, name, *sections):
     return args
 
 
-# inputs made with other torch / transformers / accelerate / deepspeed versions: error | warn
-VERSION_MISMATCH = config["version_mismatch"]
+# Inputs made with other torch / transformers / accelerate / deepspeed versions: error | warn.
+# It decides whether a job goes on, not what it makes: like resume_args, a param of the job's
+# output, which Snakemake counts as derived and leaves out of the params it compares (switching it
+# re-runs nothing).
+def version_mismatch(wildcards, output):
+    return config["version_mismatch"]
 
 
 def res(name, key):
@@ -287,10 +323,26 @@ def _base_params(model):
         raise ValueError(f"config key model.chat_template: cannot read {template!r}: {e}")
 
 
-BASE_PARAMS = _base_params({k: v for k, v in config["model"].items() if k not in LOADING})
-# The Oracle's own starting model (oracle.base), made by the same stage with the same prompt format.
-ORACLE_BASE_PARAMS = {**BASE_PARAMS, "name_or_path": ORACLE_BASE or config["model"]["name_or_path"],
-                      "revision": config["oracle"].get("base_revision")}
+# The model keys each kind of starting model reads (drdo/base_model.py, cli.py cmd_base and
+# cmd_base_gguf): a key another kind reads is left out, so changing it re-runs nothing.
+MODEL_KEYS = {"tiny": ["name_or_path", "chat_template", "seed", "vocab_size", "tiny"],
+              "gguf": ["name_or_path", "chat_template", "dtype"],
+              "pretrained": ["name_or_path", "chat_template", "dtype", "revision"]}
+
+
+def model_kind(name):
+    return "tiny" if name == "tiny" else "gguf" if gguf.model_spec(name) else "pretrained"
+
+
+def _model_params(model):
+    return {k: model[k] for k in MODEL_KEYS[model_kind(model["name_or_path"])] if k in model}
+
+
+BASE_PARAMS = _base_params(_model_params(config["model"]))
+# The Oracle's own starting model (oracle.base, a pretrained one), made by the same stage with the
+# same prompt format.
+ORACLE_BASE_PARAMS = _base_params(_model_params({**config["model"], "name_or_path": ORACLE_BASE or config["model"]["name_or_path"],
+                                                 "revision": config["oracle"].get("base_revision")}))
 
 
 def oracle_params():
@@ -312,8 +364,15 @@ def member_params(member):
     return as_json(params)
 
 
+def method_sections(method):
+    """The align sections of a method, in the order they override one another: align.common, its
+    base's section and a named method's own (dotted keys, so that an error names the right one)."""
+    base = method_base(method)
+    return ["align.common", f"align.{base}"] + ([f"align.{method}"] if base != method else [])
+
+
 def align_params(method):
-    params = train_params("align.common", method_config(method))
+    params = train_params(*method_sections(method))
     if method_base(method) == "edpo":
         params["ensemble_size"] = config["ensemble"]["size"]
     return as_json(params)
@@ -354,7 +413,9 @@ def policy_split(wildcards):
 EVAL_KEYS = {"tldr": ["n_tldr", "n_news", "seed"], "ultrafeedback": ["n_ultrafeedback", "n_alpaca_eval", "seed"]}[TASK]
 NORMALISE_PARAMS = as_json({**{k: config["eval"][k] for k in EVAL_KEYS}, **hub_specs(),
                             **({"task": TASK, "holdout": config["data"]["holdout"]} if TASK != "tldr" else {})})
-SPLIT_PARAMS = as_json({**config["split"], **TOKENS})
+# split.seed draws the max_validation sample: without one (null) the stage never reads it
+SPLIT_PARAMS = as_json({**{k: v for k, v in config["split"].items() if k != "seed" or config["split"].get("max_validation")},
+                        **TOKENS})
 INFERENCE = {"dtype": config["train"]["dtype"], **LOADING}  # frozen models compute in the training dtype
 TABLE_PARAMS = as_json({**TOKENS, "batch_size": config["score"]["batch_size"], **INFERENCE})
 # The gold reward exists only in the synthetic world: real data gets no `gold` column.
@@ -380,8 +441,10 @@ def local_model(name):
 def lineage_raw():
     if config["data"]["source"] == "synthetic":
         return digest("raw", config["synthetic"], code("synthetic"))
-    if config["data"]["source"] == "hub":  # ids and pinned revisions are in NORMALISE_PARAMS
-        return digest("raw", "hub")
+    if config["data"]["source"] == "hub":  # ids and pinned revisions are in NORMALISE_PARAMS; a local
+        # directory given as an id by its content (as data.files), which no revision pins
+        hub = hub_specs()["hub"]
+        return digest("raw", "hub", *[content(hub[k]["id"]) for k in sorted(hub) if os.path.isdir(hub[k]["id"])])
     return digest("raw", [content(raw_file(k)) for k in sorted(RAW_SOURCES)])
 
 

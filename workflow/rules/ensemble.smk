@@ -6,7 +6,7 @@ rule reward_model:
         directory(f"{UP}/models/rm{{member}}"),
     params:
         cfg=lambda wildcards: member_params(wildcards.member),
-        versions=VERSION_MISMATCH,
+        versions=version_mismatch,
         lineage=lambda wildcards: lineage_rm(wildcards.member),
         resume=resume_args(RESUME_UP, lambda wildcards: f"rm{wildcards.member}", "ensemble"),
     threads: config["threads"]["default"]

@@ -14,7 +14,7 @@ rule training_curves:
         ),
     params:
         expect=expected_lineage,
-        versions=VERSION_MISMATCH,
+        versions=version_mismatch,
         code=code("plots"),
     wildcard_constraints:
         group="world|all|hc_he|lc_le",
@@ -61,7 +61,7 @@ rule length_distribution:
         ),
     params:
         expect=expected_lineage,
-        versions=VERSION_MISMATCH,
+        versions=version_mismatch,
         code=code("plots"),
     conda:
         ENV

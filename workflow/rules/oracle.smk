@@ -6,7 +6,7 @@ rule oracle:
         directory(f"{UP}/models/oracle"),
     params:
         cfg=oracle_params(),
-        versions=VERSION_MISMATCH,
+        versions=version_mismatch,
         lineage=lineage_oracle(),
         resume=resume_args(RESUME_UP, "oracle", "oracle"),
     threads: config["threads"]["default"]
@@ -41,4 +41,4 @@ rule oracle_base:
         ENV
     shell:
         "python -m drdo --threads {threads} --lineage {params.lineage} base --params {params.cfg:q}"
-        " --pairs {input.pairs} --sft {input.sft} --out {output} > {log} 2>&1"
+        " --pairs {input.pairs} --sft {input.sft} --out {output} --name-key oracle.base > {log} 2>&1"

@@ -9,7 +9,7 @@ rule validation_report:
         provenance=f"{OUT}/validation.provenance.json",
     params:
         expect=expected_lineage,
-        versions=VERSION_MISMATCH,
+        versions=version_mismatch,
         code=code("cmd_report"),
     log:
         f"{OUT}/logs/validation_report.log",

@@ -7,7 +7,7 @@ rule score_policy:
         f"{OUT}/scores/{{policy}}.parquet",
     params:
         cfg=SCORE_PARAMS,
-        versions=VERSION_MISMATCH,
+        versions=version_mismatch,
         lineage=lambda wildcards: lineage_scores(wildcards.policy),
         name=policy_method,
         split=policy_split,
@@ -34,7 +34,7 @@ rule score_reference:
         f"{UP}/scores/reference.parquet",
     params:
         cfg=SCORE_PARAMS,
-        versions=VERSION_MISMATCH,
+        versions=version_mismatch,
         lineage=lineage_scores("reference"),
     threads: config["threads"]["default"]
     resources:

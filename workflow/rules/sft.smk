@@ -6,7 +6,7 @@ rule sft:
         directory(f"{UP}/models/sft"),
     params:
         cfg=as_json(train_params("sft")),
-        versions=VERSION_MISMATCH,
+        versions=version_mismatch,
         lineage=lineage_sft(),
         resume=resume_args(RESUME_UP, "sft", "sft"),
     threads: config["threads"]["sft"]

@@ -10,7 +10,7 @@ rule oracle_table:
         f"{UP}/tables/oracle_rewards.parquet",
     params:
         cfg=TABLE_PARAMS,
-        versions=VERSION_MISMATCH,
+        versions=version_mismatch,
         lineage=lineage_table("oracle_rewards"),
     threads: config["threads"]["default"]
     resources:
@@ -34,7 +34,7 @@ rule ensemble_table:
         f"{UP}/tables/ensemble_rewards.parquet",
     params:
         cfg=TABLE_PARAMS,
-        versions=VERSION_MISMATCH,
+        versions=version_mismatch,
         lineage=lineage_table("ensemble_rewards"),
         models=lambda wildcards, input: " ".join(f"--model rm{i}={m}" for i, m in enumerate(input.members)),
     threads: config["threads"]["default"]
@@ -77,7 +77,7 @@ rule reference_table:
         f"{UP}/tables/reference_logps.parquet",
     params:
         cfg=TABLE_PARAMS,
-        versions=VERSION_MISMATCH,
+        versions=version_mismatch,
         lineage=lineage_table("reference_logps"),
     threads: config["threads"]["default"]
     resources:

@@ -14,7 +14,7 @@ rule winrates:
         cfg=as_json({**config["winrates"], "splits": SPLITS, "methods": METHODS}),
         # the lineages of the tables it is computed from
         expect=lambda wildcards, input: as_json({str(f): lineage_of(f) for f in [*input.scores, *([input.judge] if JUDGE_ON else [])]}),
-        versions=VERSION_MISMATCH,
+        versions=version_mismatch,
         code=code("cmd_winrates"),
     log:
         f"{OUT}/logs/winrates.log",

@@ -33,10 +33,11 @@ def build_world(d: Path) -> dict[str, Path]:
          "prompts": d / "data" / "eval_prompts.parquet", "base": d / "models" / "base",
          "splits": d / "data" / "splits", "sft": d / "models" / "sft", "oracle": d / "models" / "oracle",
          "ref": d / "tables" / "reference_logps.parquet"}
-    main(["normalise", "--params", json.dumps({"n_tldr": 4, "n_news": 4, "seed": 0}),
-          "--comparisons", str(d / "raw" / "comparisons.jsonl"), "--sft-train", str(d / "raw" / "sft_train.jsonl"),
+    main(["normalise", "--params", "{}", "--comparisons", str(d / "raw" / "comparisons.jsonl"),
+          "--sft-train", str(d / "raw" / "sft_train.jsonl"), "--out-pairs", str(w["pairs"]), "--out-sft", str(w["sft_data"])])
+    main(["eval-prompts", "--params", json.dumps({"n_tldr": 4, "n_news": 4, "seed": 0}),
           "--sft-test", str(d / "raw" / "sft_test.jsonl"), "--news", str(d / "raw" / "news_test.jsonl"),
-          "--out-pairs", str(w["pairs"]), "--out-sft", str(w["sft_data"]), "--out-eval", str(w["prompts"])])
+          "--out", str(w["prompts"])])
     main(["base", "--params", json.dumps({"name_or_path": "tiny", "chat_template": False, "dtype": "float32",
                                           "seed": 0, "vocab_size": 400, "tiny": ARCH}),
           "--pairs", str(w["pairs"]), "--sft", str(w["sft_data"]), "--out", str(w["base"])])

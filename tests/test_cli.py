@@ -17,10 +17,11 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 def test_normalise_on_fixtures_records_drops(tmp_path):
     out = {k: tmp_path / f"{k}.parquet" for k in ("pairs", "sft", "eval")}
-    main(["normalise", "--params", json.dumps({"n_tldr": 2, "n_news": 2, "seed": 0}),
-          "--comparisons", str(FIXTURES / "comparisons.jsonl"), "--sft-train", str(FIXTURES / "sft.jsonl"),
-          "--sft-test", str(FIXTURES / "sft.jsonl"), "--news", str(FIXTURES / "news.jsonl"),
-          "--out-pairs", str(out["pairs"]), "--out-sft", str(out["sft"]), "--out-eval", str(out["eval"])])
+    main(["normalise", "--params", "{}", "--comparisons", str(FIXTURES / "comparisons.jsonl"),
+          "--sft-train", str(FIXTURES / "sft.jsonl"), "--out-pairs", str(out["pairs"]), "--out-sft", str(out["sft"])])
+    params = {"n_tldr": 2, "n_news": 2, "seed": 0}
+    main(["eval-prompts", "--params", json.dumps(params), "--sft-test", str(FIXTURES / "sft.jsonl"),
+          "--news", str(FIXTURES / "news.jsonl"), "--out", str(out["eval"])])
     pairs = io.read_parquet(out["pairs"])
     assert len(pairs) == 5 and pairs["pair_id"].is_unique
     drops = io.read_provenance(out["pairs"])["drops"]
@@ -28,6 +29,12 @@ def test_normalise_on_fixtures_records_drops(tmp_path):
                      "bad_confidence": 2, "duplicate_pair": 1}
     evals = io.read_parquet(out["eval"])
     assert sorted(evals["eval_set"].unique()) == ["news", "tldr"] and len(evals) == 4
+    # each output records the stage that made it, its own params and the files it read
+    prov = {k: io.read_provenance(out[k]) for k in ("pairs", "eval")}
+    assert prov["pairs"]["stage"] == "normalise" and set(prov["pairs"]["inputs"]) == {"comparisons", "sft_train"}
+    assert prov["pairs"]["config"] == {}
+    assert prov["eval"]["stage"] == "eval_prompts" and set(prov["eval"]["inputs"]) == {"sft_test", "news"}
+    assert prov["eval"]["config"] == params
 
 
 def test_failed_stage_leaves_no_output(tmp_path):

@@ -102,7 +102,7 @@ def _codedeps_of(pkg):
     return module
 
 
-STAGES = ("cmd_normalise", "cmd_train", "cmd_generate", "cmd_score", "cmd_winrates", "cmd_judge")
+STAGES = ("cmd_normalise", "cmd_eval_prompts", "cmd_train", "cmd_generate", "cmd_score", "cmd_winrates", "cmd_judge")
 
 
 def _hashes_after(tmp_path, edit):
@@ -120,18 +120,21 @@ def _hashes_after(tmp_path, edit):
     return before, {s: _codedeps_of(pkg).stage_hash(s) for s in STAGES}
 
 
-def test_a_module_level_constant_counts_for_the_stages_that_read_it(tmp_path):
-    before, after = _hashes_after(tmp_path, lambda s: s.replace(
-        'TASK_SOURCES = {"tldr": RAW_SOURCES[:4]', 'TASK_SOURCES = {"tldr": RAW_SOURCES[:3]'))
-    assert after["cmd_normalise"] != before["cmd_normalise"]  # cmd_normalise reads TASK_SOURCES
-    assert {s: after[s] == before[s] for s in STAGES if s != "cmd_normalise"} == {
-        s: True for s in STAGES if s != "cmd_normalise"}
+@pytest.mark.parametrize("edit, stage", [
+    (('TRAIN_SOURCES = {"tldr": RAW_SOURCES[:2]', 'TRAIN_SOURCES = {"tldr": RAW_SOURCES[:1]'), "cmd_normalise"),
+    (('EVAL_SOURCES = {"tldr": RAW_SOURCES[2:4]', 'EVAL_SOURCES = {"tldr": RAW_SOURCES[2:3]'), "cmd_eval_prompts"),
+])
+def test_a_module_level_constant_counts_for_the_stages_that_read_it(tmp_path, edit, stage):
+    before, after = _hashes_after(tmp_path, lambda s: s.replace(*edit))
+    assert after[stage] != before[stage]  # the stage reads the constant
+    assert {s: after[s] == before[s] for s in STAGES if s != stage} == {s: True for s in STAGES if s != stage}
 
 
 def test_a_constant_read_through_another_constant_counts(tmp_path):
     before, after = _hashes_after(tmp_path, lambda s: s.replace(
         'RAW_SOURCES = ("comparisons", "sft_train"', 'RAW_SOURCES = ("sft_train", "comparisons"'))
-    assert after["cmd_normalise"] != before["cmd_normalise"]  # TASK_SOURCES is built from RAW_SOURCES
+    # TRAIN_SOURCES and EVAL_SOURCES are built from RAW_SOURCES
+    assert after["cmd_normalise"] != before["cmd_normalise"] and after["cmd_eval_prompts"] != before["cmd_eval_prompts"]
 
 
 def test_a_parser_default_counts_for_every_stage(tmp_path):

@@ -1,6 +1,6 @@
 """A wrong config or a missing key stops the workflow before its first job, with one plain
 sentence naming the key; an absolute out_dir works. Dry runs, and real runs whose only job is
-a normalise of a garbage file (seconds: it proves that jobs start)."""
+a data job (normalise or eval_prompts) on a garbage file (seconds: it proves that jobs start)."""
 
 import os
 import subprocess
@@ -65,7 +65,8 @@ GARBAGE = "{comparisons: bad.jsonl, sft_train: bad.jsonl, sft_test: bad.jsonl, n
 
 
 def judge_run(tmp_path, judge: str, env: dict | None = None, dry: bool = False):
-    """A real run to winrates.csv with the judge on; its first job (normalise) fails on garbage."""
+    """A real run to winrates.csv with the judge on; its first job (normalise or eval_prompts, the
+    two data jobs, whichever Snakemake starts first) fails on garbage."""
     (tmp_path / "bad.jsonl").write_text("not json\n")
     override = (f"data: {{source: files, files: {GARBAGE}}}\nwinrates: {{scorers: [oracle]}}\n"
                 f"judge: {{enabled: true, temperatures: [0.9], splits: [all], comparisons: [[drdo, dpo]], {judge}}}\n")
@@ -76,14 +77,16 @@ def test_a_real_run_without_the_judges_key_stops_before_any_job(tmp_path):
     proc, out = judge_run(tmp_path, f"api_key_env: {KEY}")
     assert proc.returncode != 0
     assert f"the environment variable {KEY} (named by config key judge.api_key_env) is not set" in out
-    assert "rule normalise" not in out and not (tmp_path / "results").exists()  # no job ran
+    assert "rule normalise" not in out and "rule eval_prompts" not in out  # no job ran
+    assert not (tmp_path / "results").exists()
 
 
 def test_with_the_key_or_without_a_need_for_one_the_jobs_start(tmp_path):
     for judge, env in ((f"api_key_env: {KEY}", {KEY: "sk-test"}), ("api_key_env: null", None),
                        (f"api_key_env: {KEY}, serve: {{gguf: smollm2, threads: 1, n_ctx: 2048, parallel: 1}}", None)):
         proc, out = judge_run(tmp_path, judge, env)
-        assert proc.returncode != 0 and "Error in rule normalise" in out, out  # the first job ran (and failed)
+        # the first job ran (and failed)
+        assert proc.returncode != 0 and ("Error in rule normalise" in out or "Error in rule eval_prompts" in out), out
         assert "is not set" not in out
 
 

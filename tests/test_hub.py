@@ -129,14 +129,16 @@ def test_unknown_split_names_the_dataset(mirrors):
 def test_normalise_stage_reads_the_hub_specs(mirrors, tmp_path):
     out = {k: tmp_path / f"{k}.parquet" for k in ("pairs", "sft", "eval")}
     params = {"n_tldr": 2, "n_news": 3, "seed": 0, "hub": mirrors}
-    main(["normalise", "--params", json.dumps(params), "--out-pairs", str(out["pairs"]),
-          "--out-sft", str(out["sft"]), "--out-eval", str(out["eval"])])
+    main(["normalise", "--params", json.dumps({"hub": mirrors}), "--out-pairs", str(out["pairs"]),
+          "--out-sft", str(out["sft"])])
+    main(["eval-prompts", "--params", json.dumps(params), "--out", str(out["eval"])])
     assert len(io.read_parquet(out["pairs"])) == 5
     assert len(io.read_parquet(out["sft"])) == 3
     evals = io.read_parquet(out["eval"])
     assert evals["eval_set"].value_counts().to_dict() == {"news": 3, "tldr": 2}
-    prov = io.read_provenance(out["pairs"])
+    prov = io.read_provenance(out["eval"])
     assert prov["config"]["hub"]["news"]["revision"] == "main" and prov["inputs"] == {}
+    assert io.read_provenance(out["pairs"])["inputs"] == {}
 
 
 def _closed_port() -> int:

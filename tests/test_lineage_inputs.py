@@ -61,14 +61,18 @@ def _same_size_edit(path: Path) -> None:
 
 def test_data_files_are_tracked_by_content_not_by_time(tmp_path):
     config = _files_config(tmp_path)
-    lineage = lambda: str(_params(tmp_path, config, ("normalise",))["normalise"].lineage)  # noqa: E731
-    before = lineage()
+    rules = ("normalise", "eval_prompts")
+    lineage = lambda rule: str(_params(tmp_path, config, rules)[rule].lineage)  # noqa: E731
+    before = {rule: lineage(rule) for rule in rules}
     news = tmp_path / "data" / "news.jsonl"
     _same_size_edit(news)
-    edited = lineage()
-    assert edited != before
+    edited = lineage("eval_prompts")
+    assert edited != before["eval_prompts"]
+    assert lineage("normalise") == before["normalise"]  # an eval source: no training data changed
     os.utime(news)  # touched: same content
-    assert lineage() == edited
+    assert lineage("eval_prompts") == edited
+    _same_size_edit(tmp_path / "data" / "comparisons.jsonl")
+    assert lineage("normalise") != before["normalise"] and lineage("eval_prompts") == edited
     assert (tmp_path / ".snakemake" / "drdo" / "content_hashes.json").is_file()  # the cache, beside Snakemake's
 
 

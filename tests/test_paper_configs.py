@@ -36,7 +36,7 @@ def test_paper_tldr_dry_run(tmp_path):
     out = yaml.safe_load(cfg.read_text())["out_dir"]
     proc = dry_run(tmp_path, cfg, f"{out}/winrates.csv")
     jobs = planned_jobs(proc)
-    assert jobs == {"normalise": 1, "base_model": 1, "split": 1, "sft": 1, "oracle": 1, "reward_model": 3,
+    assert jobs == {"normalise": 1, "eval_prompts": 1, "base_model": 1, "split": 1, "sft": 1, "oracle": 1, "reward_model": 3,
                     "oracle_table": 1, "ensemble_table": 1, "reference_table": 1, "align": 9, "generate": 10,
                     "score_policy": 10, "score_reference": 1, "judge": 1, "winrates": 1, "validation_report": 1}
     text = proc.stdout + proc.stderr
@@ -45,12 +45,18 @@ def test_paper_tldr_dry_run(tmp_path):
     for name in ('"model": "gpt-4o-2024-08-06"', '"eval_sets": ["news"]', '"n_prompts": 1000',
                  '"splits": ["all", "hc_he", "lc_le"]', '["reference", "drdo"]', '["drdo", "edpo"]'):
         assert name in judge
-    # the normalise job reads the pinned hub datasets, no local raw file
-    normalise = next(line for line in text.splitlines() if "python -m drdo" in line and " normalise " in line)
-    for name in ("openai/summarize_from_feedback", "refs/convert/parquet", "CarperAI/openai_summarize_tldr",
-                 "abisee/cnn_dailymail", "3.0.0"):
+    # the data jobs read the pinned hub datasets, no local raw file: normalise the training data,
+    # eval-prompts the eval sets (and only they read the eval sample sizes)
+    (normalise,) = _stage_lines(text, "normalise")
+    for name in ("openai/summarize_from_feedback", "refs/convert/parquet", "CarperAI/openai_summarize_tldr"):
         assert name in normalise
-    assert "--comparisons" not in normalise and "raw/" not in text
+    assert "abisee/cnn_dailymail" not in normalise and "n_news" not in normalise and "sft_test" not in normalise
+    (eval_prompts,) = _stage_lines(text, "eval-prompts")
+    for name in ('"sft_test": {"id": "CarperAI/openai_summarize_tldr"', "abisee/cnn_dailymail", "3.0.0",
+                 '"n_news": 1000', '"n_tldr": 1000'):
+        assert name in eval_prompts
+    assert "summarize_from_feedback" not in eval_prompts and "sft_train" not in eval_prompts
+    assert "--comparisons" not in normalise + eval_prompts and "raw/" not in text
     # Table 6 lengths reach every tokenising stage; no gold reward on real data
     for stage in ("generate", "score", "table", "train", "split"):
         line = next(line for line in text.splitlines() if "python -m drdo" in line and f" {stage} " in line)
@@ -77,15 +83,21 @@ def test_paper_ultrafeedback_dry_run(tmp_path):
     proc = dry_run(tmp_path, cfg, f"{out}/winrates.csv")
     # split `all` only: 3 policies + SFT generated and scored; the Oracle on its own base model;
     # the GPT-4 Turbo judge on AlpacaEval (no call in a dry run, no key needed)
-    assert planned_jobs(proc) == {"normalise": 1, "base_model": 1, "oracle_base": 1, "split": 1, "sft": 1,
+    assert planned_jobs(proc) == {"normalise": 1, "eval_prompts": 1, "base_model": 1, "oracle_base": 1, "split": 1, "sft": 1,
                                   "oracle": 1, "reward_model": 3, "oracle_table": 1, "ensemble_table": 1,
                                   "reference_table": 1, "align": 3, "generate": 4, "score_policy": 4,
                                   "score_reference": 1, "judge": 1, "winrates": 1, "validation_report": 1}
     text = proc.stdout + proc.stderr
+    # the held-out prompts are carved from the preferences by data.holdout: both data jobs read them
     (normalise,) = _stage_lines(text, "normalise")
-    for name in ("argilla/ultrafeedback-binarized-preferences-cleaned", "tatsu-lab/alpaca_eval",
-                 "refs/convert/parquet", "alpaca_eval/eval/*.parquet", '"task": "ultrafeedback"', '"n_alpaca_eval": 805'):
+    for name in ("argilla/ultrafeedback-binarized-preferences-cleaned", '"task": "ultrafeedback"', '"holdout": {'):
         assert name in normalise
+    assert "alpaca_eval" not in normalise and "n_ultrafeedback" not in normalise
+    (eval_prompts,) = _stage_lines(text, "eval-prompts")
+    for name in ("argilla/ultrafeedback-binarized-preferences-cleaned", "tatsu-lab/alpaca_eval",
+                 "refs/convert/parquet", "alpaca_eval/eval/*.parquet", '"task": "ultrafeedback"', '"holdout": {',
+                 '"n_alpaca_eval": 805', '"n_ultrafeedback": 1000'):
+        assert name in eval_prompts
     assert "raw/" not in text
     # the policy is OPT-1.3B, the Oracle starts from its own OPT-1.3B, both with the template file's content
     (base,) = [line for line in _stage_lines(text, "base") if "--out results/paper-ultrafeedback/models/base " in line]
@@ -127,7 +139,7 @@ def test_paper_ultrafeedback_study_dry_run(tmp_path):
     for rule, n in planned_jobs(proc).items():
         name = rule.split("_", 1)[1] if rule[0] in "wr" and rule.split("_", 1)[0][1:].isdigit() else rule
         jobs[name] = jobs.get(name, 0) + n
-    per_world = {"normalise": 1, "base_model": 1, "oracle_base": 1, "split": 1, "sft": 1, "oracle": 1,
+    per_world = {"normalise": 1, "eval_prompts": 1, "base_model": 1, "oracle_base": 1, "split": 1, "sft": 1, "oracle": 1,
                  "reward_model": 3, "oracle_table": 1, "ensemble_table": 1, "reference_table": 1, "score_reference": 1}
     assert {k: jobs[k] for k in per_world} == {k: 5 * n for k, n in per_world.items()}
     assert jobs["align"] == 5 * 3 and jobs["generate"] == jobs["score_policy"] == 5 * 4  # 3 policies + SFT each

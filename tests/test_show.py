@@ -137,7 +137,7 @@ def test_help_lists_every_stage_in_one_line_and_the_choices(capsys):
     with pytest.raises(SystemExit):
         cli.main(["--help"])
     text = capsys.readouterr().out
-    stages = ["normalise", "base", "base-gguf", "split", "train", "table", "gold-table", "generate", "score",
+    stages = ["normalise", "eval-prompts", "base", "base-gguf", "split", "train", "table", "gold-table", "generate", "score",
               "report", "winrates", "judge", "show"]
     lines = {line.split()[0]: line for line in text.splitlines() if line.startswith("    ") and line.split()}
     assert set(stages) <= set(lines)

@@ -311,6 +311,7 @@ def test_study_shares_upstream_jobs_aggregates_and_reports(tmp_path):
     jobs = planned(snakemake(tmp_path, "-n", *config))
     # one world for the two runs: every upstream job once
     assert jobs["w0_sft"] == 1 and jobs["w0_oracle"] == 1 and jobs["w0_reward_model"] == 2
+    assert jobs["w0_normalise"] == 1 and jobs["w0_eval_prompts"] == 1  # the runs' generations read its prompts
     assert jobs["w0_generate"] == 1 and jobs["w0_score_policy"] == 1  # the SFT policy, once
     # the baseline trains the seven methods; gamma=0 changes align.drdo only, so it trains DRDO and
     # the named variant that inherits it (drdo_mean) alone

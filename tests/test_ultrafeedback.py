@@ -1,5 +1,5 @@
 """task: ultrafeedback -- loaders through the real `datasets` code on local folders laid out like
-the hub repositories, the held-out carve, the normalise stage, the judge on the new eval sets,
+the hub repositories, the held-out carve, the normalise and eval-prompts stages, the judge on the new eval sets,
 and (marked e2e) the whole DAG on the tiny model with an Oracle on a base model of its own.
 Nothing here contacts a network address other than 127.0.0.1."""
 
@@ -78,12 +78,12 @@ def test_alpaca_eval_from_its_parquet_conversion(hub):
     assert df["prompt_id"].is_unique and (df["document"] == df["prompt"]).all()
 
 
-def test_normalise_stage_writes_the_tldr_schemas(hub, tmp_path):
+def test_data_stages_write_the_tldr_schemas(hub, tmp_path):
     out = {k: tmp_path / f"{k}.parquet" for k in ("pairs", "sft", "eval")}
-    params = {"task": "ultrafeedback", "holdout": HOLDOUT, "n_ultrafeedback": 1, "n_alpaca_eval": 100, "seed": 0,
-              "hub": hub["specs"]}
-    main(["normalise", "--params", json.dumps(params), "--out-pairs", str(out["pairs"]),
-          "--out-sft", str(out["sft"]), "--out-eval", str(out["eval"])])
+    params = {"task": "ultrafeedback", "holdout": HOLDOUT, "hub": hub["specs"]}
+    main(["normalise", "--params", json.dumps(params), "--out-pairs", str(out["pairs"]), "--out-sft", str(out["sft"])])
+    main(["eval-prompts", "--params", json.dumps({**params, "n_ultrafeedback": 1, "n_alpaca_eval": 100, "seed": 0}),
+          "--out", str(out["eval"])])
     pairs, sft, evals = (io.read_parquet(out[k]) for k in ("pairs", "sft", "eval"))
     every, _ = loaders.load_preferences(hub["specs"]["preferences"], HOLDOUT)
     assert list(pairs.columns) == loaders.COMPARISON_COLUMNS and set(pairs["split"]) == {"train", "validation"}

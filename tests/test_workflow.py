@@ -219,10 +219,19 @@ def test_attention_kernel_change_reruns_exactly_the_jobs_that_run_models(workdir
                     "validation_report": 1, "winrates": 1}
 
 
+@pytest.mark.parametrize("override", ["eval: {n_tldr: 6}", "eval: {seed: 3}"])
+def test_eval_sample_change_reruns_only_what_reads_the_prompts(workdir, override):
+    """Which prompts are evaluated (eval.*) is the eval_prompts job's alone: generation, scoring
+    (the reference's too) and the win-rates re-run; no data, training or table job."""
+    jobs = planned_jobs(snakemake(workdir, "-n", f"{OUT}/winrates.csv", override=override))
+    assert jobs == {"eval_prompts": 1, "generate": 10, "score_policy": 10, "score_reference": 1, "winrates": 1}
+
+
 def test_seed_change_reruns_everything(workdir):
     jobs = planned_jobs(snakemake(workdir, "-n", f"{OUT}/winrates.csv", override="synthetic: {seed: 7}"))
     assert jobs["synthetic_world"] == 1 and jobs["align"] == 9 and jobs["reward_model"] == 2
-    assert sum(jobs.values()) == 1 + 1 + 1 + 1 + 1 + 1 + 2 + 3 + 9 + 10 + 11 + 1 + 1  # + validation_report
+    assert jobs["normalise"] == 1 and jobs["eval_prompts"] == 1
+    assert sum(jobs.values()) == 1 + 1 + 1 + 1 + 1 + 1 + 1 + 2 + 3 + 9 + 10 + 11 + 1 + 1  # + validation_report
 
 
 @pytest.mark.parametrize("override, key", [
@@ -263,7 +272,7 @@ winrates: {{scorers: [oracle]}}
 """
     proc = snakemake(workdir, "-n", "results/e2e-files/winrates.csv", override=override)
     jobs = planned_jobs(proc)
-    assert "synthetic_world" not in jobs and jobs["normalise"] == 1
+    assert "synthetic_world" not in jobs and jobs["normalise"] == 1 and jobs["eval_prompts"] == 1
     snakemake(workdir, "results/e2e-files/data/table5.csv", override=override)
     # the same raw files through the files path give the same splits as the synthetic path
     pd.testing.assert_frame_equal(pd.read_csv(workdir / "results/e2e-files/data/table5.csv"),
@@ -306,7 +315,7 @@ def test_code_changes_rerun_exactly_the_stages_that_run_that_code(workdir, tmp_p
     jobs = _plan_with(workdir, repo / "Snakefile")
     # every job that trains with these losses, and all that follows; no data stage
     assert jobs["align"] == 9 and jobs["generate"] == 10 and jobs["score_policy"] == 10 and jobs["winrates"] == 1
-    assert not {"synthetic_world", "normalise", "split", "base_model"} & jobs.keys()
+    assert not {"synthetic_world", "normalise", "eval_prompts", "split", "base_model"} & jobs.keys()
 
 
 def test_config_change_after_failed_jobs_rebuilds_every_stale_artifact(workdir, tmp_path):

@@ -39,7 +39,12 @@ log = logging.getLogger("drdo")
 
 # --------------------------------------------------------------------------- data
 RAW_SOURCES = ("comparisons", "sft_train", "sft_test", "news", "preferences", "alpaca_eval")
-TASK_SOURCES = {"tldr": RAW_SOURCES[:4], "ultrafeedback": RAW_SOURCES[4:]}
+# The raw sources each data stage reads, per task: normalise the training data (pairs, SFT rows),
+# eval-prompts the prompts the policies are evaluated on (UltraFeedback's held-out prompts are
+# carved from the preferences by data.holdout, so both read those). Apart, so a change to which
+# prompts are evaluated re-runs no training job.
+TRAIN_SOURCES = {"tldr": RAW_SOURCES[:2], "ultrafeedback": RAW_SOURCES[4:5]}
+EVAL_SOURCES = {"tldr": RAW_SOURCES[2:4], "ultrafeedback": RAW_SOURCES[4:]}
 
 
 def _raw_source(a, name: str):
@@ -53,33 +58,32 @@ def _raw_source(a, name: str):
     return spec
 
 
+def _local_inputs(src: dict) -> dict:
+    """The sources given as local files (hub specs are in the params)."""
+    return {k: v for k, v in src.items() if not isinstance(v, dict)}
+
+
 def cmd_normalise(a) -> None:
+    """Raw data -> preference pairs and SFT rows (the eval prompts: cmd_eval_prompts)."""
     p = a.params
     task = p.get("task", "tldr")
-    src = {name: _raw_source(a, name) for name in TASK_SOURCES[task]}
+    src = {name: _raw_source(a, name) for name in TRAIN_SOURCES[task]}
     if task == "ultrafeedback":
-        pairs, sft, evals, drops, sft_drops = _normalise_ultrafeedback(src, p)
+        pairs, sft, drops, sft_drops = _normalise_ultrafeedback(src, p)
     else:
         pairs, drops = loaders.load_comparisons(src["comparisons"])
         log.info("comparisons: kept %d pairs; dropped %s", len(pairs), drops)
         sft, sft_drops = loaders.load_sft(src["sft_train"])
         log.info("sft: kept %d rows; dropped %s", len(sft), sft_drops)
-        sft_test, test_drops = loaders.load_sft(src["sft_test"])
-        news, news_drops = loaders.load_news(src["news"])
-        log.info("eval sources: tldr %d (dropped %s), news %d (dropped %s)", len(sft_test), test_drops,
-                 len(news), news_drops)
-        evals = loaders.eval_prompts(sft_test, news, p["n_tldr"], p["n_news"], p["seed"])
-    inputs = {k: v for k, v in src.items() if not isinstance(v, dict)}  # hub specs are in params
-    prov = io.provenance("normalise", p, inputs)
+    prov = io.provenance("normalise", p, _local_inputs(src))
     io.write_parquet(pairs, a.out_pairs, {**prov, "drops": drops})
     io.write_parquet(sft, a.out_sft, {**prov, "drops": sft_drops})
-    io.write_parquet(evals, a.out_eval, prov)
 
 
 def _normalise_ultrafeedback(src: dict, p: dict):
-    """UltraFeedback pairs carved by prompt into train / validation / held-out test prompts;
-    SFT on the chosen responses of the train prompts (the paper's SFT data); eval sets
-    ``ultrafeedback`` (held-out prompts, reference: the chosen response) and ``alpaca_eval``."""
+    """UltraFeedback pairs carved by prompt into train / validation / held-out test prompts (the
+    held-out ones left out: cmd_eval_prompts samples them); SFT on the chosen responses of the
+    train prompts (the paper's SFT data)."""
     rows, drops = loaders.load_preferences(src["preferences"], p["holdout"])
     parts = rows["split"].value_counts().to_dict()
     log.info("preferences: kept %d pairs (%s by prompt); dropped %s", len(rows), parts, drops)
@@ -87,16 +91,38 @@ def _normalise_ultrafeedback(src: dict, p: dict):
     train_rows = pairs[pairs["split"] == "train"]  # (not `train`: codedeps would read the trainer's name)
     sft = train_rows[["prompt", "chosen", "document"]].rename(columns={"chosen": "response"})
     sft = sft.drop_duplicates(["prompt", "response"]).reset_index(drop=True)
+    return pairs, sft, drops, {}
+
+
+def cmd_eval_prompts(a) -> None:
+    """Raw data -> the eval prompts: a seeded sample of each eval set (eval.*)."""
+    p = a.params
+    task = p.get("task", "tldr")
+    src = {name: _raw_source(a, name) for name in EVAL_SOURCES[task]}
+    if task == "ultrafeedback":
+        evals = _ultrafeedback_eval_prompts(src, p)
+    else:
+        sft_test, test_drops = loaders.load_sft(src["sft_test"])
+        news, news_drops = loaders.load_news(src["news"])
+        log.info("eval sources: tldr %d (dropped %s), news %d (dropped %s)", len(sft_test), test_drops,
+                 len(news), news_drops)
+        evals = loaders.eval_prompts(sft_test, news, p["n_tldr"], p["n_news"], p["seed"])
+    io.write_parquet(evals, a.out, io.provenance("eval_prompts", p, _local_inputs(src)))
+
+
+def _ultrafeedback_eval_prompts(src: dict, p: dict) -> pd.DataFrame:
+    """Eval sets ``ultrafeedback`` (the held-out prompts of data.holdout, reference: the chosen
+    response) and ``alpaca_eval``."""
+    rows, _ = loaders.load_preferences(src["preferences"], p["holdout"])
     alpaca, alpaca_drops = loaders.load_alpaca_eval(src["alpaca_eval"])
     heldout = loaders.heldout_prompts(rows)
     if heldout.empty:
         raise ValueError("no held-out UltraFeedback prompts: raise data.holdout.test")
     log.info("eval sources: ultrafeedback %d held-out prompts, alpaca_eval %d (dropped %s)", len(heldout),
              len(alpaca), alpaca_drops)
-    evals = pd.concat([loaders.sample_eval_set(heldout, "ultrafeedback", p["n_ultrafeedback"], p["seed"]),
-                       loaders.sample_eval_set(alpaca, "alpaca_eval", p["n_alpaca_eval"], p["seed"])],
-                      ignore_index=True)
-    return pairs, sft, evals, drops, {}
+    return pd.concat([loaders.sample_eval_set(heldout, "ultrafeedback", p["n_ultrafeedback"], p["seed"]),
+                      loaders.sample_eval_set(alpaca, "alpaca_eval", p["n_alpaca_eval"], p["seed"])],
+                     ignore_index=True)
 
 
 def cmd_base(a) -> None:
@@ -471,9 +497,11 @@ def _parser() -> argparse.ArgumentParser:
                             **(arg[-1] if isinstance(arg[-1], dict) else {"required": True}))
         sp.set_defaults(fn=fn)
 
-    stage("normalise", cmd_normalise, "raw data -> preference pairs, SFT rows, eval prompts",
+    stage("normalise", cmd_normalise, "raw data -> preference pairs, SFT rows",
           *((f"--{n.replace('_', '-')}", {"default": None}) for n in RAW_SOURCES),
-          ("--out-pairs",), ("--out-sft",), ("--out-eval",))
+          ("--out-pairs",), ("--out-sft",))
+    stage("eval-prompts", cmd_eval_prompts, "raw data -> the eval prompts (a seeded sample of each eval set)",
+          *((f"--{n.replace('_', '-')}", {"default": None}) for n in RAW_SOURCES), ("--out",))
     stage("base", cmd_base, "the starting model (tiny Llama or a pretrained one)",
           ("--pairs",), ("--sft",), ("--out",),
           ("--name-key", {"default": "model.name_or_path",

@@ -271,26 +271,41 @@ if config["data"]["source"] != "synthetic":
 
 SYNTHETIC_FILES = {"comparisons": "comparisons.jsonl", "sft_train": "sft_train.jsonl",
                    "sft_test": "sft_test.jsonl", "news": "news_test.jsonl"}
-# The raw sources of each task (data.files / data.hub entries)
-RAW_SOURCES = {"tldr": list(SYNTHETIC_FILES), "ultrafeedback": ["preferences", "alpaca_eval"]}[TASK]
+# The raw sources of each task (data.files / data.hub entries), by the data stage that reads them
+# (cli.py's TRAIN_SOURCES, EVAL_SOURCES): "data", the normalise rule (pairs, SFT rows); "eval", the
+# eval_prompts rule (UltraFeedback's held-out prompts are carved from the preferences by
+# data.holdout, so both read those). Apart, so a change to which prompts are evaluated (eval.*)
+# re-runs no training job.
+PART_SOURCES = {"tldr": {"data": ["comparisons", "sft_train"], "eval": ["sft_test", "news"]},
+                "ultrafeedback": {"data": ["preferences"], "eval": ["preferences", "alpaca_eval"]}}[TASK]
+RAW_SOURCES = list(dict.fromkeys(PART_SOURCES["data"] + PART_SOURCES["eval"]))
 
 
-def raw_inputs(wildcards):
-    """The normalise rule's local inputs (none for data.source: hub)."""
-    if config["data"]["source"] == "hub":
-        return {}
-    return {name: raw_file(name) for name in RAW_SOURCES}
+def raw_inputs(part):
+    """The local inputs of the rule of ``part`` ("data" or "eval"), as a rule's input function
+    (none for data.source: hub)."""
+    def inputs(wildcards):
+        if config["data"]["source"] == "hub":
+            return {}
+        return {name: raw_file(name) for name in PART_SOURCES[part]}
+    return inputs
 
 
-def hub_specs():
-    """data.hub (dataset ids and pinned revisions) when the data comes from the hub."""
+def source_args(wildcards, input):
+    """A data rule's local raw files as its command's --<source> options."""
+    return " ".join(f"--{k.replace('_', '-')} {shlex.quote(v)}" for k, v in input.items())
+
+
+def hub_specs(part):
+    """data.hub (dataset ids and pinned revisions) of the sources ``part`` reads, when the data
+    comes from the hub (every source of the task must be set: checked before any job)."""
     if config["data"]["source"] != "hub":
         return {}
     hub = config["data"].get("hub") or {}
     for name in RAW_SOURCES:
         if not hub.get(name):
             raise ValueError(f"config key data.hub.{name} must be set when data.source is 'hub' (task {TASK})")
-    return {"hub": {name: hub[name] for name in RAW_SOURCES}}
+    return {"hub": {name: hub[name] for name in PART_SOURCES[part]}}
 
 
 def raw_file(name):
@@ -410,9 +425,13 @@ def policy_split(wildcards):
 
 
 # --params of the stages that are not training jobs (one definition: the rules and the lineage use it)
+# normalise: the training data (pairs, SFT rows); eval_prompts: the prompts every policy is evaluated
+# on, the only stage that reads the eval sample keys. UltraFeedback's held-out prompts (both stages)
+# depend on data.holdout.
 EVAL_KEYS = {"tldr": ["n_tldr", "n_news", "seed"], "ultrafeedback": ["n_ultrafeedback", "n_alpaca_eval", "seed"]}[TASK]
-NORMALISE_PARAMS = as_json({**{k: config["eval"][k] for k in EVAL_KEYS}, **hub_specs(),
-                            **({"task": TASK, "holdout": config["data"]["holdout"]} if TASK != "tldr" else {})})
+_HOLDOUT = {"task": TASK, "holdout": config["data"]["holdout"]} if TASK != "tldr" else {}
+NORMALISE_PARAMS = as_json({**hub_specs("data"), **_HOLDOUT})
+EVAL_PROMPTS_PARAMS = as_json({**{k: config["eval"][k] for k in EVAL_KEYS}, **hub_specs("eval"), **_HOLDOUT})
 # split.seed draws the max_validation sample: without one (null) the stage never reads it
 SPLIT_PARAMS = as_json({**{k: v for k, v in config["split"].items() if k != "seed" or config["split"].get("max_validation")},
                         **TOKENS})
@@ -438,18 +457,25 @@ def local_model(name):
     return content(name) if name != "tiny" and os.path.isdir(name) else None
 
 
-def lineage_raw():
+def lineage_raw(part=None):
+    """The raw sources ``part`` ("data", "eval"; None: all) reads: the synthetic world (one job
+    writes every file), or their content."""
     if config["data"]["source"] == "synthetic":
         return digest("raw", config["synthetic"], code("synthetic"))
-    if config["data"]["source"] == "hub":  # ids and pinned revisions are in NORMALISE_PARAMS; a local
+    names = PART_SOURCES[part] if part else RAW_SOURCES
+    if config["data"]["source"] == "hub":  # ids and pinned revisions are in the stage's params; a local
         # directory given as an id by its content (as data.files), which no revision pins
-        hub = hub_specs()["hub"]
-        return digest("raw", "hub", *[content(hub[k]["id"]) for k in sorted(hub) if os.path.isdir(hub[k]["id"])])
-    return digest("raw", [content(raw_file(k)) for k in sorted(RAW_SOURCES)])
+        ids = [config["data"]["hub"][k]["id"] for k in sorted(names)]  # all set (hub_specs checked)
+        return digest("raw", "hub", *[content(i) for i in ids if os.path.isdir(i)])
+    return digest("raw", [content(raw_file(k)) for k in sorted(names)])
 
 
-def lineage_data():  # pairs, SFT rows and eval prompts (one normalise job)
-    return digest("data", lineage_raw(), NORMALISE_PARAMS, code("cmd_normalise"))
+def lineage_data():  # pairs and SFT rows (the normalise job): what every training job reads
+    return digest("data", lineage_raw("data"), NORMALISE_PARAMS, code("cmd_normalise"))
+
+
+def lineage_eval():  # the eval prompts (the eval_prompts job): what generation, scoring and the judge read
+    return digest("eval_prompts", lineage_raw("eval"), EVAL_PROMPTS_PARAMS, code("cmd_eval_prompts"))
 
 
 def lineage_base():
@@ -498,11 +524,11 @@ def lineage_policy(policy):
 
 
 def lineage_generations(policy):
-    return digest("generate", lineage_policy(policy), lineage_data(), GENERATE_PARAMS, code("cmd_generate"))
+    return digest("generate", lineage_policy(policy), lineage_eval(), GENERATE_PARAMS, code("cmd_generate"))
 
 
 def lineage_scores(policy):
-    upstream = lineage_data() if policy == "reference" else lineage_generations(policy)
+    upstream = lineage_eval() if policy == "reference" else lineage_generations(policy)
     return digest("score", policy, upstream, lineage_oracle(), SCORE_PARAMS, code("cmd_score"))
 
 

@@ -84,7 +84,7 @@ JUDGE_GGUF = str(gguf.resolve(JUDGE["serve"]["gguf"], "judge.serve.gguf")) if JU
 def lineage_judge():
     templates = {k: Path(judge_template(v)).read_text() for k, v in JUDGE["prompts"].items()}
     served = [content(JUDGE_GGUF)] if JUDGE_GGUF else []  # the judge's own model: an edited or new file re-judges
-    return digest("judge", [lineage_scores(p) for p in judge_policies()], lineage_data(), judge_params(run_keys=False),
+    return digest("judge", [lineage_scores(p) for p in judge_policies()], lineage_eval(), judge_params(run_keys=False),
                   templates, code("cmd_judge"), *served)
 
 

@@ -1,19 +1,21 @@
+# The training data (pairs, SFT rows); the prompts the policies are evaluated on come from
+# eval_prompts.smk, apart, so a change to which prompts are evaluated (eval.*) re-runs no training job.
 rule normalise:
     localrule: True
     input:
-        unpack(raw_inputs),
+        unpack(raw_inputs("data")),
     output:
         pairs=f"{UP}/data/pairs.parquet",
         sft=f"{UP}/data/sft.parquet",
-        eval=f"{UP}/data/eval_prompts.parquet",
     params:
         cfg=NORMALISE_PARAMS,
         lineage=lineage_data(),
-        sources=lambda wildcards, input: " ".join(f"--{k.replace('_', '-')} {shlex.quote(v)}" for k, v in input.items()),
+        sources=source_args,
     log:
         f"{UP}/logs/normalise.log",
     conda:
         ENV
     shell:
         "python -m drdo --lineage {params.lineage} normalise --params {params.cfg:q} {params.sources}"
-        " --out-pairs {output.pairs} --out-sft {output.sft} --out-eval {output.eval} > {log} 2>&1"
+        " --out-pairs {output.pairs} --out-sft {output.sft} > {log} 2>&1"
+

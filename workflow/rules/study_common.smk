@@ -136,8 +136,8 @@ for variant, levels in VARIANTS:
 # `module NAME: ...` and `use rule ... from NAME as PREFIX_*` compile to these two calls; calling
 # them in a loop makes one instance per world and per run.
 SNAKEFILE = os.path.join(REPO, "Snakefile")
-WORLD_RULES = ["synthetic_world", "normalise", "base_model", "oracle_base", "split", "sft", "oracle", "reward_model",
-               "oracle_table", "ensemble_table", "gold_table", "reference_table", "generate",
+WORLD_RULES = ["synthetic_world", "normalise", "eval_prompts", "base_model", "oracle_base", "split", "sft", "oracle",
+               "reward_model", "oracle_table", "ensemble_table", "gold_table", "reference_table", "generate",
                "score_policy", "score_reference"]
 RUN_RULES = ["align", "generate", "score_policy"]
 for i, world in enumerate(WORLDS.values()):

@@ -86,24 +86,31 @@ def _train(inputs: Path, name: str, objective: str, params: dict, processes: int
 
 # fp32 runs on N ranks differ from one process only in summation order (gradients reduced over
 # ranks, rows packed otherwise). Adam moves a weight by about lr a step whatever its gradient's
-# size, so where a gradient is near zero that rounding can move the weight a little differently:
-# every weight within 1e-5 (1% of one step's move at lr 1e-3), and all of them together within
-# 1e-5 of what training moved them. Measured, DRDO over 2 DDP ranks: at most 1.6e-6 and 2.2e-6 of
-# the move on an Intel Xeon with AVX-512 and AMX (2026-12-06).
-FP32_ATOL, FP32_OF_MOVE = 1e-5, 1e-5
+# size, so where a gradient is a near-cancelling sum, rounding can move that weight differently, by
+# up to lr a step. So: all weights together within 1e-5 of what training moved them (a wrong
+# reduction or shard moves them all), every weight but 1 in 10,000 within 1e-5 (1% of one step at
+# lr 1e-3), and none by more than the steps could move it. Measured on an Intel Xeon with AVX-512
+# and AMX, the largest difference: 1.6e-6 on a quiet machine (2026-12-06); 1.16e-5 and 1.32e-5,
+# on 2 of 524,288 and 1 of 262,144 weights, on CI runs (2026-12-07).
+FP32_ATOL, FP32_OUTLIERS, FP32_OF_MOVE = 1e-5, 1e-4, 1e-5
 
 
 def _assert_same_run(a: Path, b: Path, steps: int = PARAMS["max_steps"]):
     wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
     assert wa.keys() == wb.keys()
-    for k in wa:
-        torch.testing.assert_close(wb[k], wa[k], rtol=0, atol=FP32_ATOL, msg=lambda m, k=k: f"{k}: {m}")
+    diff = {k: (wb[k] - wa[k]).abs() for k in wa}
+    worst = max(diff, key=lambda k: diff[k].max())
+    assert diff[worst].max() <= 1.1 * steps * PARAMS["lr"], f"{worst}: {diff[worst].max():.3g}"
+    outside = {k: int((d > FP32_ATOL).sum()) for k, d in diff.items()}
+    n = sum(d.numel() for d in diff.values())
+    assert sum(outside.values()) <= FP32_OUTLIERS * n, {k: v for k, v in outside.items() if v}
     init = load_file(a.parent / "init" / "model.safetensors")
     assert _norm({k: wb[k] - wa[k] for k in wa}) < FP32_OF_MOVE * _norm({k: wa[k] - init[k] for k in init})
     ma, mb = pd.read_parquet(a / "metrics.parquet"), pd.read_parquet(b / "metrics.parquet")
     assert list(ma.columns) == list(mb.columns) and len(ma) == steps
-    for col in ma.columns:
-        assert mb[col].tolist() == pytest.approx(ma[col].tolist(), rel=1e-5, abs=1e-6), col
+    for col in ma.columns:  # a step's gradient norm carries the last step's rounding, moved by Adam
+        rel = 1e-4 if col == "grad_norm" else 1e-5
+        assert mb[col].tolist() == pytest.approx(ma[col].tolist(), rel=rel, abs=1e-6), col
 
 
 @pytest.mark.parametrize("objective,params", [("drdo", DRDO), ("sft", PARAMS), ("edpo", EDPO)])
@@ -179,8 +186,12 @@ def test_launcher_commands(monkeypatch):
     for cpu_job in (command(0, 1, ["generate"]), command(2, 2, ["train", "--params", "{}"], cpu=True)):
         assert cpu_job[1]["CUDA_VISIBLE_DEVICES"] == "" and cpu_job[1]["DS_ACCELERATOR"] == "cpu"
     assert "CUDA_VISIBLE_DEVICES" not in command(2, 2, ["train", "--params", "{}"])[1]
+    # and MKL's strict mode: a CPU job's float32 arithmetic the same from run to run
+    monkeypatch.delenv("MKL_CBWR", raising=False)  # (tests/conftest.py sets it for the suite)
+    assert command(0, 1, ["train"])[1]["MKL_CBWR"] == "AUTO,STRICT" and "MKL_CBWR" not in command(1, 1, ["train"])[1]
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "0")
-    assert "MALLOC_TRIM_THRESHOLD_" not in command(0, 1, ["generate"])[1]
+    monkeypatch.setenv("MKL_CBWR", "AVX512")
+    assert not {"MALLOC_TRIM_THRESHOLD_", "MKL_CBWR"} & command(0, 1, ["generate"])[1].keys()
 
 
 def _saved_step(meta: Path) -> int:

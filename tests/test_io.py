@@ -52,6 +52,24 @@ def test_csv_provenance_sidecar(tmp_path):
     assert io.read_provenance(tmp_path / "w.csv")["config"] == {"n_boot": 10}
 
 
+def test_a_failed_csv_write_never_leaves_a_csv_beside_other_provenance(tmp_path, monkeypatch):
+    path = tmp_path / "w.csv"
+    io.write_csv(pd.DataFrame({"x": [1.0]}), path, io.provenance("winrates", {"run": 1}))
+    # the CSV fails to write: the old CSV and its provenance stay as they were
+    monkeypatch.setattr(pd.DataFrame, "to_csv", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError):
+        io.write_csv(pd.DataFrame({"x": [2.0]}), path, io.provenance("winrates", {"run": 2}))
+    assert path.read_text() == "x\n1.0000\n" and io.read_provenance(path)["config"] == {"run": 1}
+    monkeypatch.undo()
+    # the sidecar fails to write after the new CSV is in: no provenance, not the old run's
+    monkeypatch.setattr(io, "write_json", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError):
+        io.write_csv(pd.DataFrame({"x": [2.0]}), path, io.provenance("winrates", {"run": 2}))
+    assert path.read_text() == "x\n2.0000\n" and not io.provenance_sidecar(path).exists()
+    with pytest.raises(FileNotFoundError):
+        io.read_provenance(path)
+
+
 def test_read_parquet_puts_the_provenance_in_attrs(tmp_path):
     df = pd.DataFrame({"pair_id": [1, 2], "x": [0.5, 1.5]})
     io.write_parquet(df, tmp_path / "a.parquet", {"stage": "a", "config": {"k": [1, 2]}})

@@ -135,10 +135,16 @@ def provenance_sidecar(path: str | os.PathLike) -> Path:
 
 
 def write_csv(df: pd.DataFrame, path: str | os.PathLike, prov: dict) -> None:
-    """A CSV for people, its provenance in a JSON sidecar (CSV has no metadata slot)."""
-    write_json(prov, provenance_sidecar(path))
+    """A CSV for people, its provenance in a JSON sidecar (CSV has no metadata slot).
+
+    Two files cannot be replaced at once: the old sidecar goes once the new CSV is written and just
+    before it is moved in, the new sidecar comes last. A kill in between leaves a CSV without
+    provenance (read_provenance fails), never a CSV beside another run's provenance.
+    """
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False, float_format="%.4f")
+        provenance_sidecar(path).unlink(missing_ok=True)
+    write_json(prov, provenance_sidecar(path))
 
 
 def read_parquet(path: str | os.PathLike) -> pd.DataFrame:

@@ -39,6 +39,11 @@ VALUED = ("--threads", "--lineage", "--expect-lineage", "--version-mismatch")
 # 40% of its time in the kernel. Keep up to 1 GiB of freed memory for reuse; a user's own
 # setting wins. (Other C libraries ignore these.) GPU jobs keep glibc's defaults.
 CPU_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+# MKL (torch's CPU BLAS) picks its float32 GEMM code path by the operands' memory alignment, which
+# changes from run to run: 18 identical one-process training runs (2 threads, 3 steps) ended with 5
+# different sets of weights, up to 2.8e-5 apart (Intel Xeon, 2026-12-07). Its strict mode makes a
+# CPU job bit-for-bit reproducible at a given thread count (16 of 16 runs equal). A user's setting wins.
+CPU_REPRODUCIBLE = {"MKL_CBWR": "AUTO,STRICT"}
 
 
 def _stage(args: list[str]) -> str | None:
@@ -63,7 +68,7 @@ def command(processes: int, threads: int, args: list[str], cpu: bool = False,
     env = {"OMP_NUM_THREADS": str(per_rank)}
     if cpu or processes == 0:
         env |= {"CUDA_VISIBLE_DEVICES": "", "DS_ACCELERATOR": "cpu"}
-        env |= {k: v for k, v in CPU_MALLOC.items() if k not in os.environ}
+        env |= {k: v for k, v in (CPU_MALLOC | CPU_REPRODUCIBLE).items() if k not in os.environ}
     if processes <= 1:
         return [sys.executable, "-m", "drdo", *drdo], env
     stage = _stage(args)

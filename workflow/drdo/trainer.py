@@ -420,13 +420,14 @@ def evaluate(model, examples: list[Example], objective: Objective, pad_id: int, 
     model.eval()
     device = next(model.parameters()).device
     passes = []  # (outputs, values, examples) per batch: per-pair or per-token values, no graph
+    n_tokens = 0  # the set's target tokens, as training counts them (Packed.n_targets)
     for lo in range(0, len(examples), batch_size):
         chunk = examples[lo:lo + batch_size]
         batch = _to(collate(chunk, pad_id, objective.paired, budget, shares_prefixes(model)), device)
+        n_tokens += batch["packed"].n_targets
         with autocast(dtype, device):
             passes.append((forward(model, batch, objective), batch["values"], len(chunk)))
     if not objective.paired:  # each batch's NLL sum over the whole set's tokens: the terms add up
-        n_tokens = sum(out["ntok"].sum() for out, _, _ in passes)
         passes = [({**out, "ntok_norm": n_tokens}, values, len(examples)) for out, values, _ in passes]
     if objective.whole_batch is not None:
         total = sum(objective.whole_batch(out, values) for out, values, _ in passes)

@@ -51,6 +51,23 @@ def test_rule_times_reads_a_snakemake_log(tmp_path, capsys):
     assert out.index("| synthetic |  | 0 | 10 | 10 |") < out.index("| align | method=drdo, split=all | 10 | 100 | 90 |")
 
 
+def test_cpu_reproducibility_counts_distinct_weights_and_strict_runs_agree(tmp_path, capsys):
+    sys.path.insert(0, str(REPO / "bench"))
+    import cpu_reproducibility
+    import torch
+    from safetensors.torch import save_file
+
+    made = []
+    for name, w in (("a", [0.0, 1.0]), ("b", [0.0, 1.0]), ("c", [0.5, 1.0])):
+        save_file({"w": torch.tensor(w)}, tmp_path / f"{name}.safetensors")
+        made.append(tmp_path / f"{name}.safetensors")
+    assert cpu_reproducibility.summarise(made) == {"runs": 3, "distinct": 2, "most_common": 2, "max_abs_diff": 0.5}
+    # the launcher's strict mode: two training processes end with the same bytes
+    result = cpu_reproducibility.main(["--runs", "2", "--threads", "2"])
+    assert result["strict"]["runs"] == 2 and result["strict"]["distinct"] == 1
+    assert result["default"]["runs"] == 2 and '"mode": "default"' in capsys.readouterr().out
+
+
 def test_robust_losses_equal_trls():
     """cdpo / rdpo / ipo against TRL's own loss code (bench extra: skipped without TRL)."""
     pytest.importorskip("trl")

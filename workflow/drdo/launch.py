@@ -39,10 +39,12 @@ VALUED = ("--threads", "--lineage", "--expect-lineage", "--version-mismatch")
 # 40% of its time in the kernel. Keep up to 1 GiB of freed memory for reuse; a user's own
 # setting wins. (Other C libraries ignore these.) GPU jobs keep glibc's defaults.
 CPU_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
-# MKL (torch's CPU BLAS) picks its float32 GEMM code path by the operands' memory alignment, which
-# changes from run to run: 18 identical one-process training runs (2 threads, 3 steps) ended with 5
-# different sets of weights, up to 2.8e-5 apart (Intel Xeon, 2026-12-07). Its strict mode makes a
-# CPU job bit-for-bit reproducible at a given thread count (16 of 16 runs equal). A user's setting wins.
+# MKL (torch's CPU BLAS) does not promise the same float32 rounding from run to run (its
+# documentation names memory alignment and threading): in one series, 18 identical one-process
+# training runs ended with 5 different sets of weights, up to 2.8e-5 apart; later series were all
+# equal, so what switches it is not known (Intel Xeon, 2026-12-07; bench/cpu_reproducibility.py).
+# Its strict mode makes a CPU job bit-for-bit reproducible at a given thread count (every run equal
+# in every series). A user's setting wins.
 CPU_REPRODUCIBLE = {"MKL_CBWR": "AUTO,STRICT"}
 
 

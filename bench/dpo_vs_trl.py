@@ -39,8 +39,9 @@ the first (steady state), in wall time and in the worker's CPU time; tokens/s co
 tokens of the pairs (prompt + response, chosen and rejected), the same for every runner. Peak
 memory is the worker process's peak RSS, and its increase over the RSS as training starts (libraries
 imported, model and data loaded: what training itself adds). Workers run under glibc's own malloc
-settings unless ``--malloc jobs`` gives every worker those of the workflow's CPU jobs
-(``drdo.launch.CPU_MALLOC``): freed memory is kept for reuse, which changes speed and RSS.
+settings unless ``--malloc jobs`` gives every worker what the workflow's CPU jobs get
+(``drdo.launch.cpu_job_env``): malloc keeps freed memory for reuse, which changes speed and RSS,
+and MKL runs in its strict mode, each unless the calling shell set it.
 Prints one JSON line per run, then a summary line: per thread count, each runner's figures and
 each ratio with its target (``targets``; ratios of medians over repeats, per wall and per CPU
 second).
@@ -62,7 +63,7 @@ from pathlib import Path
 
 import yaml
 
-from drdo.launch import CPU_MALLOC
+from drdo.launch import CPU_MALLOC, cpu_job_env
 
 REPO = Path(__file__).resolve().parents[1]
 # runner: (trainer, objective, mixed precision, TRL's log-prob head)
@@ -450,9 +451,9 @@ def main() -> None:
                     help="cuda: both trainers on the GPU (TRL's head is compact there: trl = trl-compact); "
                          "memory is then the peak of torch's GPU allocations")
     ap.add_argument("--malloc", choices=("glibc", "jobs"), default="glibc",
-                    help="jobs: every worker (TRL's too) under the glibc malloc settings the workflow's CPU jobs "
-                         "run with (drdo.launch.CPU_MALLOC: freed memory kept for reuse); glibc: the C library's "
-                         "own defaults, whatever the calling shell set")
+                    help="jobs: every worker (TRL's too) in the environment the workflow's CPU jobs get "
+                         "(drdo.launch.cpu_job_env: malloc keeps freed memory for reuse, MKL's strict mode, each "
+                         "unless the shell set it); glibc: the C library's own malloc, whatever the shell set")
     ap.add_argument("--work", default=None, help="reuse a prepared folder")
     ap.add_argument("--runner", choices=tuple(RUNNERS), help=argparse.SUPPRESS)  # worker mode
     args = ap.parse_args()
@@ -475,12 +476,12 @@ def main() -> None:
     for rep in range(args.repeats):
         for t in threads:
             # a worker's OpenMP threads are its torch threads: 1 thread must not spin on 2 cores
-            env = {**{k: v for k, v in os.environ.items() if k not in CPU_MALLOC}, "PYTHONPATH": f"{REPO / 'workflow'}:{os.environ.get('PYTHONPATH', '')}",
+            shell = os.environ | cpu_job_env() if args.malloc == "jobs" else {
+                k: v for k, v in os.environ.items() if k not in CPU_MALLOC}
+            env = {**shell, "PYTHONPATH": f"{REPO / 'workflow'}:{os.environ.get('PYTHONPATH', '')}",
                    "OMP_NUM_THREADS": str(t), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
             if args.device == "cpu":  # our trainer takes a GPU wherever it sees one
                 env["CUDA_VISIBLE_DEVICES"] = ""
-            if args.malloc == "jobs":
-                env |= CPU_MALLOC
             for r in (runners if rep % 2 == 0 else runners[::-1]):  # interleaved, alternating order
                 cmd = [sys.executable, __file__, "--runner", r, "--work", str(work), "--batch", str(args.batch),
                        "--steps", str(args.steps), "--lr", str(args.lr), "--threads", str(t),

@@ -26,8 +26,9 @@ together: prompts x temperatures for ``loop``, prompts of one temperature for th
 New tokens count each row's sampled tokens up to and with its EOS. With ``--n`` at least the
 largest batch, every engine decodes the same number of rows at a time.
 
-Runs with the CPU allocator settings the jobs get from ``drdo.launch`` (``--malloc glibc``: the
-C library's defaults, to measure what those settings are worth).
+Runs in the environment the CPU jobs get from ``drdo.launch`` (``cpu_job_env``: its malloc
+settings and MKL's strict mode; ``--malloc glibc``: the C library's own malloc, to measure what
+those settings are worth).
 
     PYTHONPATH=workflow python bench/inference_speed.py --model-dir DIR/model --data DIR/data-float32.json
     # the generation engines only:
@@ -56,7 +57,7 @@ from drdo import generation_vllm
 from drdo.batching import Encoded, pad_batch
 from drdo.floatmode import flush_subnormals
 from drdo.generation import end_tokens, generate, prompt_tokens
-from drdo.launch import CPU_MALLOC
+from drdo.launch import CPU_MALLOC, cpu_job_env
 from drdo.modeling import LMWithRewardHead, load_causal_lm, load_tokenizer, response_logps
 from drdo.packing import PackedForward, pack
 
@@ -158,8 +159,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--temperatures", default="0.2,0.5,0.7,0.9", help="the default's generate.temperatures")
     ap.add_argument("--malloc", choices=("jobs", "glibc"), default="jobs",
-                    help="jobs: the glibc malloc settings of the workflow's CPU jobs (drdo.launch.CPU_MALLOC); "
-                         "glibc: the C library's own defaults")
+                    help="jobs: the environment of the workflow's CPU jobs (drdo.launch.cpu_job_env: malloc "
+                         "settings, MKL's strict mode); glibc: the C library's own malloc")
     ap.add_argument("--vllm-kv-cache-gb", type=float, default=2.0, help="the vllm engine's key/value cache")
     args = ap.parse_args()
     engines = args.gen_engines.split(",")
@@ -169,9 +170,9 @@ def main() -> None:
         if "hf-static-compiled" in engines and args.n > b and args.n % b:
             ap.error(f"--n {args.n} is not a multiple of --gen-batches {b}: a last, smaller batch would "
                      "compile again while timed")
-    want = CPU_MALLOC if args.malloc == "jobs" else {}
-    if any(os.environ.get(k) != want.get(k) for k in CPU_MALLOC):  # glibc reads them at start: run again
-        env = {k: v for k, v in os.environ.items() if k not in CPU_MALLOC} | want
+    env = (os.environ | cpu_job_env() if args.malloc == "jobs"
+           else {k: v for k, v in os.environ.items() if k not in CPU_MALLOC})
+    if env != dict(os.environ):  # glibc and MKL read them at start: run again
         os.execve(sys.executable, [sys.executable, *sys.argv], env)
     flush_subnormals()  # as the workflow's jobs, before torch starts its threads
     torch.set_num_threads(args.threads)

@@ -48,6 +48,11 @@ CPU_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": 
 CPU_REPRODUCIBLE = {"MKL_CBWR": "AUTO,STRICT"}
 
 
+def cpu_job_env(environ=os.environ) -> dict:
+    """What a CPU job's environment gets on top of ``environ``: the settings above it does not set."""
+    return {k: v for k, v in (CPU_MALLOC | CPU_REPRODUCIBLE).items() if k not in environ}
+
+
 def _stage(args: list[str]) -> str | None:
     """The stage named in ``python -m drdo`` arguments (the first word not an option or its value)."""
     i = 0
@@ -70,7 +75,7 @@ def command(processes: int, threads: int, args: list[str], cpu: bool = False,
     env = {"OMP_NUM_THREADS": str(per_rank)}
     if cpu or processes == 0:
         env |= {"CUDA_VISIBLE_DEVICES": "", "DS_ACCELERATOR": "cpu"}
-        env |= {k: v for k, v in (CPU_MALLOC | CPU_REPRODUCIBLE).items() if k not in os.environ}
+        env |= cpu_job_env()
     if processes <= 1:
         return [sys.executable, "-m", "drdo", *drdo], env
     stage = _stage(args)

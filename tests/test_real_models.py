@@ -1,4 +1,4 @@
-"""What a real pretrained model needs (issue 6, part 3), on small models built offline.
+"""What a real pretrained model needs, on small models built offline.
 
 * nothing is truncated silently: responses are never cut, over-long prompts keep the
   document's head and the instruction, the length filter counts the training tokens;

@@ -15,7 +15,7 @@ def main(path: str, temperature: float = 0.7) -> None:
     w["comparison"] = w["policy_a"] + " vs " + w["policy_b"]
     table = w.pivot_table(index=["eval_set", "scorer", "comparison"], columns="split", values="cell",
                           aggfunc="first", sort=False)
-    print(f"Win-rate of A over B at T = {temperature} (ties count half) [95% bootstrap CI]\n")
+    print(f"Win-rate of A over B at T = {temperature} (ties count half) [95% score interval over prompts]\n")
     print("| eval set | scorer | A vs B | " + " | ".join(table.columns) + " |")
     print("|---|---|---|" + "---|" * len(table.columns))
     for (eval_set, scorer, comparison), row in table.iterrows():

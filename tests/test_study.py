@@ -373,3 +373,15 @@ def test_study_shares_upstream_jobs_aggregates_and_reports(tmp_path):
         assert name in html, name
     snakemake(tmp_path, "--report", str(tmp_path / "study.html"), *config)
     assert "study_gold.png" in (tmp_path / "study.html").read_text()
+
+
+def test_study_figure_says_what_its_intervals_are_over():
+    from drdo import plots
+
+    def rows(worlds, seeds):
+        return pd.DataFrame({"n_worlds": worlds, "n_seeds": seeds})
+
+    assert plots.design_words(rows([5, 5], [2, 2])) == "mean over worlds and seeds, 95% interval over worlds"
+    assert plots.design_words(rows([1, 1], [5, 1])) == "mean over seeds, 95% interval over one world's seeds and prompts"
+    assert plots.design_words(rows([1], [1])) == "one run, 95% score interval over prompts"
+    assert plots.design_words(rows([2, 1], [2, 2])).endswith("over worlds (one world: over its seeds and prompts)")

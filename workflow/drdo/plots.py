@@ -93,7 +93,7 @@ def forest(winrates: pd.DataFrame, scorer: str) -> plt.Figure:
         ax.set_yticks(np.arange(len(rows)), rows)
         ax.invert_yaxis()
         ax.set_title(f"{eval_set}: win-rate of A over B by {scorer}")
-        ax.set_xlabel("win-rate (ties count half), 95% bootstrap interval over prompts")
+        ax.set_xlabel("win-rate (ties count half), 95% score interval over prompts")
     axes[0][-1].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return fig
@@ -128,6 +128,18 @@ def study_pairs(table: pd.DataFrame) -> list[tuple[str, str]]:
     other method (the noise-robust baselines, named DRDO variants) against SFT."""
     methods = list(dict.fromkeys(table.loc[table["policy_b"] == "sft", "policy_a"]))
     return STUDY_PAIRS + [(m, "sft") for m in methods if (m, "sft") not in STUDY_PAIRS]
+
+
+def design_words(table: pd.DataFrame) -> str:
+    """What a study figure's means and intervals are over, from its rows' numbers of worlds and seeds."""
+    kinds = {"worlds" if w > 1 else "seeds" if s > 1 else "run" for w, s in zip(table["n_worlds"], table["n_seeds"])}
+    if kinds == {"run"}:
+        return "one run, 95% score interval over prompts"
+    if kinds <= {"seeds", "run"}:
+        return "mean over seeds, 95% interval over one world's seeds and prompts"
+    if kinds == {"worlds"}:
+        return "mean over worlds and seeds, 95% interval over worlds"
+    return "mean over worlds and seeds, 95% interval over worlds (one world: over its seeds and prompts)"
 
 
 def study(table: pd.DataFrame, scorer: str, temperature: float) -> plt.Figure:
@@ -170,7 +182,7 @@ def study(table: pd.DataFrame, scorer: str, temperature: float) -> plt.Figure:
     for ax in axes.flat[max(0, len(panels) - ncol):len(panels)]:
         ax.set_xlabel("disagreement rate" if measure == "disagreement" else "win-rate of A over B")
     axes[0][0].legend(fontsize=6, loc="lower left")
-    fig.suptitle(f"T = {temp:g}; mean over worlds and seeds, 95% interval over worlds (study.csv); filled = default level")
+    fig.suptitle(f"T = {temp:g}; {design_words(t)} (study.csv); filled = default level")
     fig.tight_layout()
     return fig
 

@@ -139,8 +139,13 @@ def test_bf16_one_process_ddp_and_zero2_follow_one_precision_contract(inputs):
 
     Tolerances: the runs differ only where an fp32 summation-order difference (what the fp32
     tests above allow) flips the bf16 rounding of an activation (2 ranks pack other rows than
-    1 process). Each flip moves one value by a bf16 ulp, but the loss sums hundreds of them: losses
-    within 1e-3 relative, a quarter of a bf16 ulp (measured: 3e-4). Adam moves a weight by ~lr
+    1 process). Each flip moves one value by a bf16 ulp, but the loss sums hundreds of them: the
+    first step's loss (the same weights everywhere) within 1e-3 relative, a quarter of a bf16 ulp
+    (measured: 3.4e-4). Later steps start from weights that already differ, and this test's large
+    learning rate makes the reward head's distillation term, a squared margin, 99% of the third
+    step's loss: there 1 process and 2 ranks were 1.4e-3 apart on an AMD EPYC (AVX512-BF16) and
+    3e-4 on an Intel Xeon (AMX), so later steps are held to 1e-2. DDP and ZeRO-2 pack the same rows,
+    and their losses agree to 1e-4 at every step (measured: 9e-6). Adam moves a weight by ~lr
     whatever its gradient's size, so a weight whose gradient is near zero may move differently;
     all weights together differ by under 2% of what training moved them (measured: 0.8%).
     """
@@ -151,13 +156,15 @@ def test_bf16_one_process_ddp_and_zero2_follow_one_precision_contract(inputs):
             "zero2": _train(inputs, "bf16-zero2", "drdo", zero2, 2)}
     init, w_one = load_file(inputs / "init" / "model.safetensors"), load_file(one / "model.safetensors")
     moved = _norm({k: w_one[k] - init[k] for k in init})
-    loss_one = pd.read_parquet(one / "metrics.parquet")["loss"].tolist()
+    loss = {name: pd.read_parquet(out / "metrics.parquet")["loss"].tolist() for name, out in runs.items()}
+    assert loss["zero2"] == pytest.approx(loss["ddp"], rel=1e-4)
     for name, out in runs.items():
         w = load_file(out / "model.safetensors")
         head = load_file(out / "reward_head.safetensors")
         assert {t.dtype for t in (*w.values(), *head.values())} == {torch.float32}, name  # save_dtype's default
         assert _norm({k: w[k] - w_one[k] for k in w_one}) < 0.02 * moved, name
-        assert pd.read_parquet(out / "metrics.parquet")["loss"].tolist() == pytest.approx(loss_one, rel=1e-3), name
+        assert loss[name][0] == pytest.approx(loss["one"][0], rel=1e-3), name
+        assert loss[name] == pytest.approx(loss["one"], rel=1e-2), name
         # rank 0's validation is what its saved weights give under training's autocast, not in fp32
         # (1 process and DDP before) nor in pure bf16 (DeepSpeed's bf16 mode before)
         args = (out, inputs / "pairs.parquet", inputs / "oracle.parquet", bf16)

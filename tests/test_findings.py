@@ -124,6 +124,37 @@ def test_earlier_studies_table_is_the_studies():
                 check_cell(cell, row, f"{study} {variant} vs {b} {eval_set} {scorer}")
 
 
+SWITCH_VARIANT = {"paper's settings": "default", "student_reward: logprob": "student_reward=logprob",
+                  "logp_agg: mean": "logp_agg=mean", "gamma: 0": "gamma=0.0", "gamma: 1": "gamma=1.0",
+                  "gamma: 5": "gamma=5.0", "alpha: 1": "alpha=1.0", "teacher: gold": "teacher=gold",
+                  "DPO beta: 0.5": "dpo_beta=0.5"}
+SWITCH_COLUMNS = [("edpo", "all", "gold"), ("sft", "all", "gold"), ("sft", "lc_le", "gold"), ("dpo", "all", "oracle")]
+SHORT_CELL = re.compile(r"(\*\*)?(\d\.\d\d)")
+
+
+def test_five_world_switch_table_is_the_study():
+    """Its first column is DRDO vs DPO on `all` / `hc_he` / `lc_le`, some with an interval."""
+    header, body = table_after(FINDINGS, "| variant (one switch from the paper's settings) |")
+    assert len(header) == 2 + len(SWITCH_COLUMNS)
+    for cells in body:
+        label = re.sub(r" \(.*\)$", "", cells[0]).replace("`", "")
+        variant = SWITCH_VARIANT[label]
+        for split, part in zip(("all", "hc_he", "lc_le"), cells[1].split(" / "), strict=True):
+            row = study_row("drdo-gold-5worlds", variant=variant, policy_a="drdo", policy_b="dpo", split=split)
+            where = f"{variant} vs dpo {split}"
+            if "[" in part:
+                check_cell(part, row, where)
+                continue
+            bold, mean = SHORT_CELL.match(part).groups()
+            assert mean == f"{row['mean']:.2f}", f"{where}: the docs say {mean}, study.csv {row['mean']:.2f}"
+            assert bool(bold) == (row["ci_low"] > 0.5 or row["ci_high"] < 0.5), f"{where}: {part!r}"
+        for (b, split, scorer), cell in zip(SWITCH_COLUMNS, cells[2:]):
+            if cell:
+                row = study_row("drdo-gold-5worlds", variant=variant, policy_a="drdo", policy_b=b,
+                                split=split, scorer=scorer)
+                check_cell(cell, row, f"{variant} vs {b} {split} {scorer}")
+
+
 def test_readme_headline_is_the_baselines_study():
     header, body = table_after(README, "## Headline result")
     columns = [("dpo", "default"), ("ipo", "default"), ("dpo", "label_noise=1.0")]

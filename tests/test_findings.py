@@ -4,6 +4,7 @@ exactly when its interval excludes 0.5 (the docs' rule)."""
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -46,13 +47,9 @@ def study_row(study: str, **where) -> pd.Series:
     return rows.iloc[0]
 
 
-_STUDIES: dict[str, pd.DataFrame] = {}
-
-
+@functools.cache
 def _study(name: str) -> pd.DataFrame:
-    if name not in _STUDIES:
-        _STUDIES[name] = pd.read_csv(REPO / "studies" / name / "study.csv")
-    return _STUDIES[name]
+    return pd.read_csv(REPO / "studies" / name / "study.csv")
 
 
 def check_cell(cell: str, row: pd.Series, where: str) -> None:

@@ -6,6 +6,7 @@ A dry run parses the Snakefile and plans jobs; nothing may load a dataset or a m
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -70,11 +71,28 @@ def test_paper_tldr_dry_run(tmp_path):
                and '"save_dtype": "bfloat16"' in line for line in train)
     assert all("--processes 1" in line for line in text.splitlines()
                if "drdo.launch" in line and (" generate " in line or " score " in line or " table " in line))
+    assert _train_lengths(text) == PAPER_LENGTHS
     assert not (tmp_path / out).exists()
 
 
 def _stage_lines(text: str, stage: str) -> list[str]:
     return [line for line in text.splitlines() if "python -m drdo" in line and f" {stage} " in line]
+
+
+def _train_lengths(text: str) -> dict[str, tuple[str, str]]:
+    """(epochs, max_steps) of each training objective's jobs (they agree within an objective)."""
+    lengths = {}
+    for line in _stage_lines(text, "train"):
+        objective = re.search(r"--objective (\w+)", line).group(1)
+        found = (re.search(r'"epochs": ([\d.]+)', line).group(1), re.search(r'"max_steps": (\d+)', line).group(1))
+        assert lengths.setdefault(objective, found) == found, line
+    return lengths
+
+
+# the paper's lengths: SFT, the Oracle and the reward models one epoch (the embedded default's
+# sft.max_steps must not leak in), the policies "1k steps"
+PAPER_LENGTHS = {"sft": ("1.0", "0"), "oracle": ("1.0", "0"), "rm": ("1.0", "0"),
+                 "drdo": ("1.0", "1000"), "dpo": ("1.0", "1000"), "edpo": ("1.0", "1000")}
 
 
 def test_paper_ultrafeedback_dry_run(tmp_path):
@@ -120,6 +138,7 @@ def test_paper_ultrafeedback_dry_run(tmp_path):
                  '"instruction_sets": ["alpaca_eval"]', '"n_prompts": 805'):
         assert name in judge
     assert not [line for line in text.splitlines() if " score " in line and '"gold"' in line]
+    assert _train_lengths(text) == PAPER_LENGTHS
     assert not (tmp_path / out).exists()
 
 

@@ -81,6 +81,7 @@ def test_same_verdict_as_snakemake_with_a_short_message(schema, data):
     ("resources.sfft", {}, "config key resources.sfft is not a setting; did you mean resources.sft?"),
     ("train.batch_size", "32", "config key train.batch_size: '32' is not of type 'integer'"),  # not "unevaluated"
     ("align.drdo.gamma", -1, "config key align.drdo.gamma: -1 is less than the minimum of 0"),
+    ("sft.dtype", "float16", "config key sft.dtype: 'float16' is not one of ['float32', 'bfloat16']"),
     ("judge.serve", {"gguf": "smollm2"}, "config key judge.serve.threads must be set"),
     ("lengths", KeyError, "config key lengths must be set"),
 ])

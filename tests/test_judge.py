@@ -22,7 +22,8 @@ import judge_support as js
 from drdo import cli, io
 from drdo.judge import client as jclient
 from drdo.judge.prompts import load_template, parse_verdict, render
-from drdo.winrates import COLUMNS, judge_table
+from drdo.judge.protocol import _agreement
+from drdo.winrates import COLUMNS, judge_table, outcome_stats
 
 KEY = "sk-test-DO-NOT-LEAK-3f9a1c7e5b"
 
@@ -160,9 +161,22 @@ def test_judge_table_reuses_the_winrate_interval():
     assert list(t.columns) == COLUMNS and t.loc[0, "scorer"] == "judge"
     assert (t.loc[0, "wins"], t.loc[0, "ties"], t.loc[0, "losses"], t.loc[0, "n"]) == (3, 1, 1, 5)
     assert t.loc[0, "win_rate"] == pytest.approx(0.7)
+    # the score rows' interval (outcome_stats), of the 5 usable outcomes
+    usable = outcome_stats(np.array([1, 1, 0.5, 0, 1.0]))
+    assert (t.loc[0, "ci_low"], t.loc[0, "ci_high"]) == pytest.approx((usable["ci_low"], usable["ci_high"]), abs=1e-12)
     assert 0 <= t.loc[0, "ci_low"] <= 0.7 <= t.loc[0, "ci_high"] <= 1
     none = judge_table(v.assign(outcome=np.nan))  # nothing usable: no rate invented
     assert none.loc[0, "n"] == 0 and np.isnan(none.loc[0, "win_rate"])
+
+
+def test_agreement_counts_decisive_verdicts_where_the_scorer_differs():
+    """Five prompts: A wins where gold ranks A higher (agree), A loses where gold ranks A higher
+    (disagree), A wins where gold ranks B higher (disagree); a tie and an equal gold pair are not
+    counted: 1 of 3."""
+    g = pd.DataFrame({"outcome": [1.0, 0.0, 1.0, 0.5, 1.0], "gold_a": [2.0, 1.0, 0.0, 5.0, 1.0],
+                      "gold_b": [1.0, 0.0, 3.0, 1.0, 1.0]})
+    agree, n = _agreement(g, "gold")
+    assert n == 3 and agree == pytest.approx(1 / 3)
 
 
 # --------------------------------------------------------------------------- protocol, cache, winrates
@@ -187,6 +201,7 @@ def test_consistent_judge_both_orders_cache_and_winrates(httpserver, inputs, tmp
     assert report["position_flip_rate"].eq((report["ties"] - report["identical"]) / asked).all()
     # the judge's agreement with the synthetic world's gold reward, on decisive verdicts
     assert report["gold_agreement_n"].sum() > 0 and report["gold_agreement"].between(0, 1).any()
+    assert report["oracle_agreement_n"].sum() > 0
 
     # rerunning makes no call; the outputs are the same
     judge(inputs, out, base_url=srv.base_url)

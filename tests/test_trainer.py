@@ -5,6 +5,7 @@ Tiny offline models only (a BPE tokenizer trained on a few sentences, a 1-layer 
 
 import dataclasses
 import json
+import logging
 import shutil
 
 import numpy as np
@@ -115,15 +116,17 @@ def test_resume_after_crash_is_exact(tok, pairs, uninterrupted, crashed_state, t
             assert h[k] == pytest.approx(r[k], rel=1e-5, abs=1e-7), (h["step"], k)
 
 
-def test_resume_state_of_another_run_is_ignored(tok, pairs, uninterrupted, crashed_state, tmp_path):
+def test_resume_state_of_another_run_is_ignored(tok, pairs, uninterrupted, crashed_state, tmp_path, caplog):
     ref_model, _ = uninterrupted
     resume = tmp_path / "drdo"
     shutil.copytree(crashed_state, resume)  # saved under RUN_KEY; this run has another key
     meta = json.loads((resume / RESUME_META).read_text())
     model = _student(tok)
-    history = train(model, pairs, objectives.build("drdo", DRDO_PARAMS), CFG, tok.pad_token_id,
-                    resume_path=resume, run_key={**RUN_KEY, "seed_of_something_else": 1})
-    assert [h["step"] for h in history] == [1, 2, 3, 4, 5, 6]  # started from step 0
+    with caplog.at_level(logging.INFO, logger="drdo.train"):
+        history = train(model, pairs, objectives.build("drdo", DRDO_PARAMS), CFG, tok.pad_token_id,
+                        resume_path=resume, run_key={**RUN_KEY, "seed_of_something_else": 1})
+    assert "ignoring stale resume state" in caplog.text  # started from step 0, not the saved step
+    assert [h["step"] for h in history] == [1, 2, 3, 4, 5, 6]
     assert json.loads((resume / RESUME_META).read_text())["key"] != meta["key"]  # this run's own saves
     _assert_same_params(ref_model, model)  # the run key itself does not change training
 
@@ -274,22 +277,45 @@ def test_collate_pairs_chosen_then_rejected_packed(tok):
     assert collate([Example([seqs[0][0]])], pad, paired=False)["values"] == {}
 
 
+def _saved_bytes_training(model, cfg, tok, pairs) -> tuple[int, list]:
+    """Train; the bytes autograd saved for backward outside checkpointed regions (what
+    checkpointing frees: it saves a layer's input and recomputes the rest in backward)."""
+    saved = [0]
+
+    def pack(t):
+        saved[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        history = train(model, pairs, objectives.build("drdo", DRDO_PARAMS), cfg, tok.pad_token_id)
+    return saved[0], history
+
+
 def test_gradient_checkpointing_changes_memory_not_results(tok, pairs, uninterrupted):
     ref_model, ref_history = uninterrupted
     model = _student(tok)
-    history = train(model, pairs, objectives.build("drdo", DRDO_PARAMS),
-                    dataclasses.replace(CFG, gradient_checkpointing=True), tok.pad_token_id)
+    checkpointed, history = _saved_bytes_training(model, dataclasses.replace(CFG, gradient_checkpointing=True),
+                                                  tok, pairs)
     _assert_same_params(ref_model, model)
     assert [h["loss"] for h in history] == pytest.approx([h["loss"] for h in ref_history], rel=1e-6)
+    plain, _ = _saved_bytes_training(_student(tok), CFG, tok, pairs)
+    assert checkpointed < 0.5 * plain, (checkpointed, plain)
     assert not getattr(model.lm, "is_activation_checkpointing", None)  # off again for evaluation and saving
 
 
-def test_bf16_keeps_fp32_master_weights_and_optimizer_states(tok, pairs):
-    model = _student(tok)
-    cfg = dataclasses.replace(CFG, dtype="bfloat16", max_steps=2)
-    history = train(model, pairs, objectives.build("drdo", DRDO_PARAMS), cfg, tok.pad_token_id)
-    assert all(p.dtype == torch.float32 for p in model.parameters())
-    assert len(history) == 2 and all(torch.isfinite(torch.tensor(h["loss"])) for h in history)
+def test_bf16_autocasts_over_fp32_master_weights(tok, pairs):
+    """The weights (and so AdamW's states, made in their dtype) stay fp32, and the forward runs in
+    bf16: the first step's loss, from the same weights and batch, is not fp32's but close to it."""
+    cfg = dataclasses.replace(CFG, max_steps=2)
+    runs = {}
+    for dtype in ("float32", "bfloat16"):
+        model = _student(tok)
+        runs[dtype] = train(model, pairs, objectives.build("drdo", DRDO_PARAMS), dataclasses.replace(cfg, dtype=dtype),
+                            tok.pad_token_id)
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+    bf16, fp32 = runs["bfloat16"][0]["loss"], runs["float32"][0]["loss"]
+    assert len(runs["bfloat16"]) == 2 and all(torch.isfinite(torch.tensor(h["loss"])) for h in runs["bfloat16"])
+    assert bf16 != pytest.approx(fp32, rel=1e-6) and bf16 == pytest.approx(fp32, rel=2e-2)
 
 
 def test_float64_run_logs_unrounded_losses(tok, pairs):

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -48,6 +49,31 @@ def test_failed_stage_leaves_no_output(tmp_path):
         main(["winrates", "--params", json.dumps(params), "--scores", str(tmp_path / "drdo.parquet"),
               "--out", str(out)])
     assert not out.exists() and not io.provenance_sidecar(out).exists()
+
+
+def test_a_write_that_fails_midway_leaves_no_output(tmp_path, monkeypatch):
+    """The stage fails while writing its CSV, the header already out (a full disk): nothing at
+    the output path, no provenance, no temporary left beside it."""
+    policies = {"drdo": "all", "dpo": "all", "sft": "-", "reference": "-"}
+    for i, (policy, split) in enumerate(policies.items()):
+        io.write_parquet(pd.DataFrame({"policy": [policy], "split": [split], "eval_set": ["tldr"], "prompt_id": ["p"],
+                                       "temperature": [np.nan if policy == "reference" else 0.7],
+                                       "response": [policy], "finished": [True],
+                                       "too_long": [False], "oracle": [float(i)], "gold": [0.5]}),
+                         tmp_path / f"{policy}.parquet", {})
+    to_csv = pd.DataFrame.to_csv
+
+    def header_then_fail(self, path, **kwargs):
+        to_csv(self.head(0), path, **kwargs)
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", header_then_fail)
+    out = tmp_path / "winrates.csv"
+    params = {"splits": ["all"], "methods": ["drdo", "dpo"], "scorers": ["oracle"], "unfinished": "as_scored"}
+    with pytest.raises(OSError, match="No space left"):
+        main(["winrates", "--params", json.dumps(params), "--scores",
+              *(str(tmp_path / f"{policy}.parquet") for policy in policies), "--out", str(out)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{policy}.parquet" for policy in policies)
 
 
 def test_gold_table_and_gold_teacher_columns(tmp_path):

@@ -129,6 +129,9 @@ def test_real_server_text_mode_keeps_unusable_answers(llama, tmp_path):
     v = io.read_parquet(tmp_path / "out" / "judge" / "verdicts.parquet")
     report = pd.read_csv(tmp_path / "out" / "judge_report.csv")
     assert (v["raw_ab"].str.len() > 0).all()
+    asked = v[~v["identical"]]
+    for order in ("ab", "ba"):  # verdicts are exactly what the raw answers say: never guessed
+        assert asked[f"verdict_{order}"].tolist() == [parse_verdict(t) for t in asked[f"raw_{order}"]]
     unusable = int(v["verdict_ab"].isna().sum() + v["verdict_ba"].isna().sum())
     assert report["unusable_verdicts"].sum() == unusable
     assert report["dropped"].sum() == int(v["outcome"].isna().sum())
